@@ -1,0 +1,318 @@
+//! Chunks: content-defined chunking of a stream (FastCDC v2020) and the per-chunk pipeline
+//! that turns plaintext into verifiable shares and back.
+//!
+//! Put: plaintext -> [`encode_payload`] (zstd or raw) -> key ([`convergent_key`] or random) ->
+//! [`seal`] (AES-256-GCM) -> [`encode_blob`] (Reed-Solomon, header, share root).
+//! Get: [`decode_blob`] (checks the chunk id) -> [`open`] -> [`decode_payload`] (bounded by the
+//! plaintext length the manifest promises).
+
+use std::io::Read;
+
+use fastcdc::v2020::{Error as CdcError, StreamCDC};
+
+use crate::CoreError;
+use crate::compress::{decode_payload, encode_payload};
+use crate::crypto::{ChunkKey, ConvergenceSecret, convergent_key, open, seal};
+use crate::erasure::{ChunkHeader, decode_blob, encode_blob};
+use crate::id::{Encoding, ShareRoot};
+
+/// Smallest chunk FastCDC cuts (except the last one of a stream).
+pub const MIN_CHUNK: u32 = 256 * 1024;
+/// Average chunk size FastCDC aims for.
+pub const AVG_CHUNK: u32 = 1024 * 1024;
+/// Largest chunk FastCDC cuts.
+pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+
+/// Streaming content-defined chunker over any reader: yields chunk bytes in order.
+///
+/// Memory is bounded by one [`MAX_CHUNK`] buffer plus the chunk handed out. An empty input
+/// yields no chunks.
+pub struct Chunker<R: Read> {
+    inner: StreamCDC<R>,
+}
+
+impl<R: Read> std::fmt::Debug for Chunker<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker").finish_non_exhaustive()
+    }
+}
+
+impl<R: Read> Chunker<R> {
+    /// A chunker with Cairn's sizes ([`MIN_CHUNK`], [`AVG_CHUNK`], [`MAX_CHUNK`]).
+    pub fn new(reader: R) -> Self {
+        Self {
+            inner: StreamCDC::new(
+                reader,
+                MIN_CHUNK as usize,
+                AVG_CHUNK as usize,
+                MAX_CHUNK as usize,
+            ),
+        }
+    }
+}
+
+impl<R: Read> Iterator for Chunker<R> {
+    type Item = Result<Vec<u8>, CoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.inner.next()? {
+            Ok(chunk) => Some(Ok(chunk.data)),
+            Err(CdcError::Empty) => None,
+            Err(CdcError::IoError(e)) => Some(Err(CoreError::Io(e))),
+            Err(CdcError::Other(msg)) => Some(Err(CoreError::Io(std::io::Error::other(msg)))),
+        }
+    }
+}
+
+/// How a chunk's key is chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyMode<'a> {
+    /// Derived from the encoded bytes and this secret: same content, same chunk (dedup).
+    Convergent(&'a ConvergenceSecret),
+    /// A fresh random key for every chunk (`--private`): nobody can confirm the content.
+    Private,
+}
+
+/// A sealed chunk, ready to upload: its header, share root, key and `n` shares.
+#[derive(Debug, Clone)]
+pub struct SealedChunk {
+    /// The header listing the shares (stored next to them).
+    pub header: ChunkHeader,
+    /// BLAKE3 of the encoded header: the storage key of the shares.
+    pub root: ShareRoot,
+    /// The key that decrypts the chunk (goes into the manifest's read layer).
+    pub key: ChunkKey,
+    /// Plaintext length of the chunk.
+    pub plain_len: u32,
+    /// The `n` shares, by index.
+    pub shares: Vec<Vec<u8>>,
+}
+
+/// Compresses, encrypts and erasure-codes one chunk of plaintext.
+///
+/// `random_key` is called only for [`KeyMode::Private`]. Fails with [`CoreError::BlobTooLarge`]
+/// when `plain` does not fit the format and [`CoreError::InvalidEncoding`] for a bad `enc`.
+pub fn seal_chunk(
+    plain: &[u8],
+    mode: KeyMode<'_>,
+    random_key: impl FnOnce() -> [u8; 32],
+    enc: Encoding,
+) -> Result<SealedChunk, CoreError> {
+    let plain_len = u32::try_from(plain.len()).map_err(|_| CoreError::BlobTooLarge {
+        len: plain.len() as u64,
+        max: u32::MAX.into(),
+    })?;
+    let encoded = encode_payload(plain);
+    let key = match mode {
+        KeyMode::Convergent(secret) => convergent_key(secret, &encoded),
+        KeyMode::Private => ChunkKey::from_bytes(random_key()),
+    };
+    let ciphertext = seal(&key, encoded);
+    let (header, shares) = encode_blob(&ciphertext, enc)?;
+    let root = header.root();
+    Ok(SealedChunk {
+        header,
+        root,
+        key,
+        plain_len,
+        shares,
+    })
+}
+
+/// Rebuilds, decrypts and decompresses one chunk from at least `k` verified shares.
+///
+/// Output is bounded by `plain_len` (from the manifest); any other length is an error.
+pub fn open_chunk(
+    header: &ChunkHeader,
+    shares: Vec<(u8, Vec<u8>)>,
+    key: &ChunkKey,
+    plain_len: u32,
+) -> Result<Vec<u8>, CoreError> {
+    let ciphertext = decode_blob(header, shares)?;
+    let encoded = open(key, ciphertext)?;
+    decode_payload(&encoded, plain_len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            out.extend_from_slice(&seed.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn chunker_empty_input_yields_nothing() {
+        assert_eq!(Chunker::new(&b""[..]).count(), 0);
+    }
+
+    #[test]
+    fn chunker_cuts_within_bounds_and_concatenates() {
+        let data = pseudo_random(9 * 1024 * 1024 + 12_345, 1);
+        let chunks: Vec<Vec<u8>> = Chunker::new(&data[..]).map(Result::unwrap).collect();
+        assert!(chunks.len() >= 3);
+        let (last, rest) = chunks.split_last().unwrap();
+        for chunk in rest {
+            assert!(chunk.len() >= MIN_CHUNK as usize && chunk.len() <= MAX_CHUNK as usize);
+        }
+        assert!(!last.is_empty() && last.len() <= MAX_CHUNK as usize);
+        assert_eq!(chunks.concat(), data);
+    }
+
+    #[test]
+    fn chunker_is_content_defined() {
+        // Inserting bytes at the front changes only the first chunk(s).
+        let data = pseudo_random(6 * 1024 * 1024, 2);
+        let mut shifted = b"a few new bytes".to_vec();
+        shifted.extend_from_slice(&data);
+        let a: Vec<Vec<u8>> = Chunker::new(&data[..]).map(Result::unwrap).collect();
+        let b: Vec<Vec<u8>> = Chunker::new(&shifted[..]).map(Result::unwrap).collect();
+        let shared = a.iter().filter(|c| b.contains(c)).count();
+        assert!(
+            shared + 1 >= a.len(),
+            "{shared} of {} chunks shared",
+            a.len()
+        );
+    }
+
+    #[test]
+    fn chunker_passes_reader_errors() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
+        }
+        let first = Chunker::new(Failing).next();
+        assert!(matches!(first, Some(Err(CoreError::Io(_)))));
+    }
+
+    #[test]
+    fn convergent_is_deterministic_private_is_not() {
+        let secret = ConvergenceSecret::from_bytes([5; 32]);
+        let plain = b"hello hello hello hello hello hello".repeat(10);
+        let no_rng = || -> [u8; 32] { panic!("random_key called in convergent mode") };
+        let a = seal_chunk(
+            &plain,
+            KeyMode::Convergent(&secret),
+            no_rng,
+            Encoding::DEFAULT,
+        )
+        .unwrap();
+        let b = seal_chunk(
+            &plain,
+            KeyMode::Convergent(&secret),
+            no_rng,
+            Encoding::DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(a.root, b.root);
+        assert_eq!(a.shares, b.shares);
+        let p = seal_chunk(&plain, KeyMode::Private, || [1; 32], Encoding::DEFAULT).unwrap();
+        assert_ne!(p.root, a.root);
+        assert_eq!(p.key, ChunkKey::from_bytes([1; 32]));
+    }
+
+    #[test]
+    fn wrong_key_is_aead_error() {
+        let sealed = seal_chunk(
+            b"secret data",
+            KeyMode::Private,
+            || [3; 32],
+            Encoding::DEFAULT,
+        )
+        .unwrap();
+        let shares = sealed
+            .shares
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, s)| (i as u8, s))
+            .collect();
+        let wrong = ChunkKey::from_bytes([4; 32]);
+        assert!(matches!(
+            open_chunk(&sealed.header, shares, &wrong, sealed.plain_len),
+            Err(CoreError::Aead)
+        ));
+    }
+
+    #[test]
+    fn too_small_plain_len_is_refused() {
+        let plain = vec![b'z'; 50_000];
+        let sealed = seal_chunk(&plain, KeyMode::Private, || [3; 32], Encoding::DEFAULT).unwrap();
+        let shares: Vec<(u8, Vec<u8>)> = sealed
+            .shares
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, s)| (i as u8, s))
+            .collect();
+        assert!(open_chunk(&sealed.header, shares.clone(), &sealed.key, 49_999).is_err());
+        assert_eq!(
+            open_chunk(&sealed.header, shares, &sealed.key, 50_000).unwrap(),
+            plain
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn seal_open_round_trip(
+            plain in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..20_000),
+                proptest::collection::vec(0u8..3, 0..20_000),
+            ],
+            k in 1u8..=6, extra in 0u8..=4, picks in any::<u64>(), convergent in any::<bool>(),
+        ) {
+            let n = k + extra;
+            let enc = Encoding::new(k, n, k).unwrap();
+            let secret = ConvergenceSecret::from_bytes([8; 32]);
+            let mode = if convergent { KeyMode::Convergent(&secret) } else { KeyMode::Private };
+            let sealed = seal_chunk(&plain, mode, || [9; 32], enc).unwrap();
+            prop_assert_eq!(sealed.root, sealed.header.root());
+            let mut order: Vec<u8> = (0..n).collect();
+            let mut state = picks;
+            for i in (1..order.len()).rev() {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                order.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let picked: Vec<(u8, Vec<u8>)> = order[..usize::from(k)]
+                .iter()
+                .map(|&i| (i, sealed.shares[usize::from(i)].clone()))
+                .collect();
+            for (i, share) in &picked {
+                sealed.header.verify_share(*i, share).unwrap();
+            }
+            let opened = open_chunk(&sealed.header, picked, &sealed.key, sealed.plain_len).unwrap();
+            prop_assert_eq!(opened, plain);
+        }
+
+        #[test]
+        fn chunker_concatenation_is_input(
+            len in 0usize..(3 * MAX_CHUNK as usize), seed in 1u64..u64::MAX,
+        ) {
+            let data = pseudo_random(len, seed);
+            let chunks: Vec<Vec<u8>> = Chunker::new(&data[..]).map(Result::unwrap).collect();
+            if let Some((_, rest)) = chunks.split_last() {
+                for chunk in rest {
+                    prop_assert!(chunk.len() >= MIN_CHUNK as usize);
+                }
+            }
+            for chunk in &chunks {
+                prop_assert!(!chunk.is_empty() && chunk.len() <= MAX_CHUNK as usize);
+            }
+            prop_assert_eq!(chunks.concat(), data);
+        }
+    }
+}

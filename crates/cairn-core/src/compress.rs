@@ -1,0 +1,193 @@
+//! The encoded payload E of a chunk: one flag byte (0 = raw, 1 = zstd) followed by the bytes.
+//!
+//! zstd level 1 is tried on every chunk; the chunk is stored raw when zstd does not make it
+//! smaller. Decoding is bounded by the plaintext length the manifest promises, so a
+//! decompression bomb costs at most that much memory and is refused.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+
+use crate::CoreError;
+
+/// Flag byte of a payload stored as is.
+pub const FLAG_RAW: u8 = 0;
+/// Flag byte of a zstd-compressed payload.
+pub const FLAG_ZSTD: u8 = 1;
+/// The zstd level used.
+pub const ZSTD_LEVEL: i32 = 1;
+/// Bytes the AEAD appends, reserved up front so sealing in place does not reallocate.
+const TAG_ROOM: usize = 16;
+
+thread_local! {
+    // zstd contexts are costly to set up (window tables); keep one per thread.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `plain` as a payload: zstd level 1 when that shrinks it, raw otherwise.
+///
+/// The returned buffer has 16 bytes of spare capacity for the AEAD tag.
+pub fn encode_payload(plain: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + plain.len() + TAG_ROOM);
+    if let Some(compressed_len) = try_compress(plain, &mut out) {
+        debug_assert_eq!(out.len(), 1 + compressed_len);
+        return out;
+    }
+    out.clear();
+    out.push(FLAG_RAW);
+    out.extend_from_slice(plain);
+    out
+}
+
+/// Writes FLAG_ZSTD || zstd(plain) into `out` when that is shorter than `plain`.
+fn try_compress(plain: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    if plain.is_empty() {
+        return None;
+    }
+    out.push(FLAG_ZSTD);
+    // zstd writes after the flag byte, into the capacity reserved by the caller.
+    let mut cursor = Cursor::new(std::mem::take(out));
+    cursor.set_position(1);
+    let result = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let compressor = slot.as_mut()?;
+        compressor.compress_to_buffer(plain, &mut cursor).ok()
+    });
+    *out = cursor.into_inner();
+    match result {
+        Some(n) if n < plain.len() => Some(n),
+        _ => None,
+    }
+}
+
+/// Decodes a payload into exactly `expected_len` bytes of plaintext.
+///
+/// Refuses an unknown flag, a zstd error, and any output of another length than
+/// `expected_len`; never allocates more than `expected_len` bytes for the output.
+pub fn decode_payload(encoded: &[u8], expected_len: usize) -> Result<Vec<u8>, CoreError> {
+    let (&flag, body) = encoded
+        .split_first()
+        .ok_or(CoreError::BadPayloadFlag { flag: None })?;
+    let plain = match flag {
+        FLAG_RAW => body.to_vec(),
+        FLAG_ZSTD => decompress(body, expected_len)?,
+        other => return Err(CoreError::BadPayloadFlag { flag: Some(other) }),
+    };
+    if plain.len() != expected_len {
+        return Err(CoreError::Decompression {
+            expected: expected_len,
+            got: plain.len(),
+        });
+    }
+    Ok(plain)
+}
+
+fn decompress(body: &[u8], expected_len: usize) -> Result<Vec<u8>, CoreError> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(|source| {
+                CoreError::DecompressionFailed {
+                    expected: expected_len,
+                    source,
+                }
+            })?),
+        };
+        // `decompress` allocates at most `expected_len` and fails when the output would exceed it.
+        decompressor
+            .decompress(body, expected_len)
+            .map_err(|source| CoreError::DecompressionFailed {
+                expected: expected_len,
+                source,
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn text_is_compressed_random_is_raw() {
+        let text = b"the quick brown fox jumps over the lazy dog. ".repeat(1000);
+        let e = encode_payload(&text);
+        assert_eq!(e[0], FLAG_ZSTD);
+        assert!(e.len() < text.len() / 10);
+        assert_eq!(decode_payload(&e, text.len()).unwrap(), text);
+
+        let random: Vec<u8> = (0..10_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let e = encode_payload(&random);
+        if e[0] == FLAG_RAW {
+            assert_eq!(&e[1..], &random[..]);
+        }
+        assert_eq!(decode_payload(&e, random.len()).unwrap(), random);
+    }
+
+    #[test]
+    fn empty_and_tiny_inputs() {
+        assert_eq!(encode_payload(b""), vec![FLAG_RAW]);
+        assert_eq!(decode_payload(&[FLAG_RAW], 0).unwrap(), b"");
+        assert_eq!(encode_payload(b"a"), vec![FLAG_RAW, b'a']);
+    }
+
+    #[test]
+    fn wrong_expected_length_is_refused() {
+        let text = vec![b'x'; 100_000];
+        let e = encode_payload(&text);
+        assert_eq!(e[0], FLAG_ZSTD);
+        // A bomb: the manifest says 1000 bytes, the payload expands to 100 000.
+        assert!(matches!(
+            decode_payload(&e, 1000),
+            Err(CoreError::DecompressionFailed { expected: 1000, .. })
+        ));
+        assert!(matches!(
+            decode_payload(&e, 200_000),
+            Err(CoreError::Decompression {
+                expected: 200_000,
+                got: 100_000
+            })
+        ));
+        assert!(matches!(
+            decode_payload(&[FLAG_RAW, 1, 2, 3], 2),
+            Err(CoreError::Decompression {
+                expected: 2,
+                got: 3
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(matches!(
+            decode_payload(&[], 0),
+            Err(CoreError::BadPayloadFlag { flag: None })
+        ));
+        assert!(matches!(
+            decode_payload(&[7, 1], 1),
+            Err(CoreError::BadPayloadFlag { flag: Some(7) })
+        ));
+        assert!(decode_payload(&[FLAG_ZSTD, 1, 2, 3, 4], 4).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(plain in proptest::collection::vec(0u8..4, 0..5000)) {
+            let e = encode_payload(&plain);
+            prop_assert!(e.len() <= plain.len() + 1);
+            prop_assert_eq!(decode_payload(&e, plain.len()).unwrap(), plain);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), len in 0usize..5000) {
+            let _ = decode_payload(&bytes, len);
+        }
+    }
+}

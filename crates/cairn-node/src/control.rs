@@ -1,0 +1,395 @@
+//! The local control API: how the `cairn` CLI talks to its running node.
+//!
+//! A Unix socket at `DIR/control.sock` (mode 0600: only the node's owner may use it). Each
+//! connection carries one command. Frames are a `u32` LE length and a payload whose first byte
+//! says what it is: `J` a JSON message, `D` file data, `E` end of data. The client sends a
+//! [`ControlRequest`]; `put` follows it with data frames and an end frame; the node answers
+//! with a JSON [`ControlReply`], which for `get` is preceded by the file's data frames.
+//! A put whose data stops without an end frame is abandoned: nothing half-read is stored
+//! under a cap.
+
+use std::io;
+use std::path::Path;
+
+use bytes::Bytes;
+use cairn_core::cap::Cap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::io::StreamReader;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::dir::NodeDir;
+use crate::put::PutOptions;
+use crate::node::Node;
+use crate::NodeError;
+
+const TAG_JSON: u8 = b'J';
+const TAG_DATA: u8 = b'D';
+const TAG_END: u8 = b'E';
+/// The largest control frame.
+const MAX_CONTROL_FRAME: usize = 4 * 1024 * 1024;
+/// Bytes per data frame.
+const DATA_FRAME: usize = 1024 * 1024;
+
+/// A command for the node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// The node's status.
+    Status,
+    /// Store the data that follows.
+    Put {
+        /// Random keys instead of convergent ones.
+        private: bool,
+    },
+    /// Send the file named by the cap.
+    Get {
+        /// The cap.
+        cap: String,
+    },
+    /// Count the shares of the file named by the cap.
+    Check {
+        /// The cap.
+        cap: String,
+    },
+    /// Issue an invite code.
+    Invite {
+        /// Seconds it stays valid.
+        ttl_secs: u64,
+    },
+    /// Exchange rosters with every member now.
+    Gossip,
+    /// Stop the node.
+    Stop,
+}
+
+/// The node's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlReply {
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    /// A one-line error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, tag: u8, body: &[u8]) -> io::Result<()> {
+    let len = (body.len() + 1) as u32;
+    w.write_all(&len.to_le_bytes()).await?;
+    w.write_all(&[tag]).await?;
+    w.write_all(body).await
+}
+
+async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_frame(w, TAG_JSON, &body).await?;
+    w.flush().await
+}
+
+/// Reads one frame: its tag and body. `Ok(None)` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_CONTROL_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad control frame length"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    let tag = body.remove(0);
+    Ok(Some((tag, body)))
+}
+
+fn reply<T: Serialize>(result: Result<T, NodeError>) -> ControlReply {
+    match result {
+        Ok(v) => ControlReply {
+            ok: Some(serde_json::to_value(v).unwrap_or(Value::Null)),
+            error: None,
+        },
+        Err(e) => ControlReply {
+            ok: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Serves the control socket until `stop` is cancelled (or a client sends `stop`).
+pub async fn serve(node: Node, stop: CancellationToken) -> Result<(), NodeError> {
+    let path = node.dir().control_socket();
+    let listener = bind_socket(node.dir().root(), &path).await?;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let node = node.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(node, stream, stop).await {
+                        debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn bind_socket(dir: &Path, path: &Path) -> Result<UnixListener, NodeError> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(NodeError::AlreadyRunning(dir.to_path_buf()));
+        }
+        // A socket left by a node that died: nobody listens, so it is safe to replace.
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|e| NodeError::io(path, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| NodeError::io(path, e))?;
+    Ok(listener)
+}
+
+async fn handle(node: Node, mut stream: UnixStream, stop: CancellationToken) -> io::Result<()> {
+    let Some((TAG_JSON, body)) = read_frame(&mut stream).await? else {
+        return Ok(());
+    };
+    let request: ControlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let r = ControlReply {
+                ok: None,
+                error: Some(format!("bad control request: {e}")),
+            };
+            return write_json(&mut stream, &r).await;
+        }
+    };
+    let answer = match request {
+        ControlRequest::Status => reply(node.status().await),
+        ControlRequest::Check { cap } => match cap.parse::<Cap>() {
+            Ok(cap) => reply(node.check(&cap).await),
+            Err(e) => reply::<()>(Err(e.into())),
+        },
+        ControlRequest::Invite { ttl_secs } => reply(
+            node.create_invite(std::time::Duration::from_secs(ttl_secs))
+                .map(|c| c.to_string()),
+        ),
+        ControlRequest::Gossip => {
+            node.gossip_now().await;
+            reply(Ok(()))
+        }
+        ControlRequest::Stop => {
+            stop.cancel();
+            reply(Ok(()))
+        }
+        ControlRequest::Put { private } => handle_put(&node, &mut stream, private).await,
+        ControlRequest::Get { cap } => return handle_get(&node, stream, &cap).await,
+    };
+    write_json(&mut stream, &answer).await
+}
+
+async fn handle_put(node: &Node, stream: &mut UnixStream, private: bool) -> ControlReply {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let (mut read_half, _write_half) = stream.split();
+    let pump = async move {
+        loop {
+            match read_frame(&mut read_half).await {
+                Ok(Some((TAG_DATA, body))) => {
+                    if tx.send(Ok(Bytes::from(body))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some((TAG_END, _))) => return,
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        _ => "client went away before the end of the data".into(),
+                    };
+                    let _ = tx
+                        .send(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why)))
+                        .await;
+                    return;
+                }
+            }
+        }
+    };
+    let reader = StreamReader::new(futures_util::stream::poll_fn({
+        let mut rx = rx;
+        move |cx| rx.poll_recv(cx)
+    }));
+    let put = node.put(reader, PutOptions { private });
+    let ((), result) = tokio::join!(pump, put);
+    if let Err(e) = &result {
+        warn!(error = %e, "put failed");
+    }
+    reply(result)
+}
+
+async fn handle_get(node: &Node, mut stream: UnixStream, cap: &str) -> io::Result<()> {
+    let cap = match cap.parse::<Cap>() {
+        Ok(c) => c,
+        Err(e) => return write_json(&mut stream, &reply::<()>(Err(e.into()))).await,
+    };
+    let (mut pipe_in, mut pipe_out) = tokio::io::duplex(DATA_FRAME);
+    let (_read_half, mut write_half) = stream.split();
+    let get = async move {
+        let r = node.get(&cap, &mut pipe_in).await;
+        drop(pipe_in);
+        r
+    };
+    let pump = async {
+        let mut buf = vec![0u8; DATA_FRAME];
+        loop {
+            let n = pipe_out.read(&mut buf).await?;
+            if n == 0 {
+                return write_frame(&mut write_half, TAG_END, &[]).await;
+            }
+            write_frame(&mut write_half, TAG_DATA, &buf[..n]).await?;
+        }
+    };
+    let (result, pumped) = tokio::join!(get, pump);
+    pumped?;
+    write_json(&mut write_half, &reply(result)).await
+}
+
+/// The CLI's side of the control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    stream: UnixStream,
+}
+
+impl ControlClient {
+    /// Connects to the node at `dir`; a clear error when it is not initialised or not running.
+    pub async fn connect(dir: &NodeDir) -> Result<ControlClient, NodeError> {
+        dir.require_initialised()?;
+        let path = dir.control_socket();
+        match UnixStream::connect(&path).await {
+            Ok(stream) => Ok(ControlClient { stream }),
+            Err(_) => Err(NodeError::NotRunning(dir.root().to_path_buf())),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, NodeError> {
+        loop {
+            let frame = read_frame(&mut self.stream)
+                .await
+                .map_err(|e| NodeError::Control(e.to_string()))?;
+            match frame {
+                Some((TAG_JSON, body)) => {
+                    let reply: ControlReply = serde_json::from_slice(&body)
+                        .map_err(|e| NodeError::Control(e.to_string()))?;
+                    return match (reply.ok, reply.error) {
+                        (_, Some(e)) => Err(NodeError::Control(e)),
+                        (Some(v), None) => Ok(v),
+                        (None, None) => Ok(Value::Null),
+                    };
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(NodeError::Control(
+                        "the node closed the connection without answering".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends a command that takes and returns only JSON.
+    pub async fn call(mut self, request: &ControlRequest) -> Result<Value, NodeError> {
+        write_json(&mut self.stream, request)
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        self.read_reply().await
+    }
+
+    /// Streams `data` to the node for a put; `progress` is called with the bytes sent so far.
+    pub async fn put<R: AsyncRead + Unpin>(
+        mut self,
+        mut data: R,
+        private: bool,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Value, NodeError> {
+        let request = ControlRequest::Put { private };
+        write_json(&mut self.stream, &request)
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        let mut buf = vec![0u8; DATA_FRAME];
+        let mut sent = 0u64;
+        let streamed: io::Result<()> = async {
+            loop {
+                let n = data.read(&mut buf).await?;
+                if n == 0 {
+                    return write_frame(&mut self.stream, TAG_END, &[]).await;
+                }
+                write_frame(&mut self.stream, TAG_DATA, &buf[..n]).await?;
+                sent += n as u64;
+                progress(sent);
+            }
+        }
+        .await;
+        match streamed {
+            // The node may have stopped reading because the put failed: its answer says why.
+            Err(e) => self.read_reply().await.and(Err(NodeError::Aborted(e.to_string()))),
+            Ok(()) => self.read_reply().await,
+        }
+    }
+
+    /// Fetches the file named by `cap` into `out`; `progress` gets the bytes received so far.
+    pub async fn get<W: AsyncWrite + Unpin>(
+        mut self,
+        cap: &str,
+        out: &mut W,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Value, NodeError> {
+        let request = ControlRequest::Get {
+            cap: cap.to_string(),
+        };
+        write_json(&mut self.stream, &request)
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        let mut received = 0u64;
+        loop {
+            let frame = read_frame(&mut self.stream)
+                .await
+                .map_err(|e| NodeError::Control(e.to_string()))?;
+            match frame {
+                Some((TAG_DATA, body)) => {
+                    out.write_all(&body)
+                        .await
+                        .map_err(|e| NodeError::Aborted(e.to_string()))?;
+                    received += body.len() as u64;
+                    progress(received);
+                }
+                Some((TAG_END, _)) => break,
+                Some((TAG_JSON, body)) => {
+                    // An answer before any data: the get failed at once.
+                    let reply: ControlReply = serde_json::from_slice(&body)
+                        .map_err(|e| NodeError::Control(e.to_string()))?;
+                    return match reply.error {
+                        Some(e) => Err(NodeError::Control(e)),
+                        None => Ok(reply.ok.unwrap_or(Value::Null)),
+                    };
+                }
+                _ => {
+                    return Err(NodeError::Control(
+                        "the node closed the connection mid-transfer".into(),
+                    ));
+                }
+            }
+        }
+        out.flush()
+            .await
+            .map_err(|e| NodeError::Aborted(e.to_string()))?;
+        self.read_reply().await
+    }
+}

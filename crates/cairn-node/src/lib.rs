@@ -1,0 +1,34 @@
+//! The Cairn node as a library: the daemon behind `cairn run`.
+//!
+//! - [`Node`]: a running member of a grid: its share store, roster, network endpoint, and the
+//!   put/get/check operations on top ([`Node::put`], [`Node::get`], [`Node::check`]).
+//! - [`setup`]: creating node directories ([`setup::init_grid`], [`setup::join_grid`]).
+//! - [`control`]: the local control API the CLI uses ([`control::ControlClient`]).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), cairn_node::NodeError> {
+//! use cairn_node::{Node, NodeDir, PutOptions};
+//! let node = Node::start(&NodeDir::new("/tmp/cairn-a")).await?;
+//! let report = node.put(&b"hello, grid"[..], PutOptions::default()).await?;
+//! println!("{}", report.cap);
+//! # Ok(()) }
+//! ```
+
+mod config;
+pub mod control;
+mod dir;
+mod error;
+mod get;
+mod meta;
+mod node;
+mod put;
+mod report;
+pub mod setup;
+
+pub use config::{GridConfig, NodeConfig};
+pub use dir::{NodeDir, NodeKeys};
+pub use error::NodeError;
+pub use get::GetReport;
+pub use node::{Node, SERVE_DELAY_ENV};
+pub use put::{PutOptions, PutReport};
+pub use report::{CheckReport, ChunkHealth, PeerStatus, StatusReport, StorageStatus};

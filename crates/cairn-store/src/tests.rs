@@ -1,0 +1,570 @@
+//! The same behaviour tests against every [`ShareStore`], plus [`DiskStore`]-only tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_core::id::{NodeId, ShareRoot};
+use cairn_core::wire::Lease;
+use tempfile::TempDir;
+
+use crate::{
+    DiskStore, INLINE_MAX, MemStore, PutOutcome, RecoveryReport, ShareStore, StoreError, StoreUsage,
+};
+
+/// A store under test, and its directory when it has one.
+struct Fixture {
+    store: Arc<dyn ShareStore>,
+    dir: Option<TempDir>,
+}
+
+impl Fixture {
+    fn mem(capacity: u64) -> Self {
+        Fixture {
+            store: Arc::new(MemStore::new(capacity)),
+            dir: None,
+        }
+    }
+
+    fn disk(capacity: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), capacity).unwrap();
+        Fixture {
+            store: Arc::new(store),
+            dir: Some(dir),
+        }
+    }
+
+    /// Number of files under `shares/` (disk stores only).
+    fn share_files(&self) -> Option<usize> {
+        self.dir
+            .as_ref()
+            .map(|d| all_files(&d.path().join("shares")).len())
+    }
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn root(n: u8) -> ShareRoot {
+    ShareRoot::from_bytes([n; 32])
+}
+
+fn lease(owner: u8, expires_at: u64) -> Lease {
+    Lease {
+        owner: NodeId::from_bytes([owner; 32]),
+        expires_at,
+    }
+}
+
+/// Deterministic bytes that differ per seed.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn usage(f: &Fixture) -> StoreUsage {
+    f.store.usage().unwrap()
+}
+
+/// Instantiates each named test body as `<name>_mem` and `<name>_disk`.
+macro_rules! both {
+    ($($body:ident => $mem:ident, $disk:ident;)*) => {$(
+        #[test]
+        fn $mem() {
+            $body(Fixture::mem(CAPACITY));
+        }
+        #[test]
+        fn $disk() {
+            $body(Fixture::disk(CAPACITY));
+        }
+    )*};
+}
+
+const CAPACITY: u64 = 64 << 20;
+
+both! {
+    put_get_round_trip => put_get_round_trip_mem, put_get_round_trip_disk;
+    range_reads => range_reads_mem, range_reads_disk;
+    held_lists_indices_ascending => held_lists_indices_ascending_mem, held_lists_indices_ascending_disk;
+    already_held_merges_lease_and_keeps_bytes => already_held_merges_lease_and_keeps_bytes_mem, already_held_merges_lease_and_keeps_bytes_disk;
+    remove_deletes_share_and_usage => remove_deletes_share_and_usage_mem, remove_deletes_share_and_usage_disk;
+    header_shared_and_removed_with_last_index => header_shared_and_removed_with_last_index_mem, header_shared_and_removed_with_last_index_disk;
+    usage_counter_matches_shares => usage_counter_matches_shares_mem, usage_counter_matches_shares_disk;
+    missing_share_reads_as_absent => missing_share_reads_as_absent_mem, missing_share_reads_as_absent_disk;
+    concurrent_puts_and_removes => concurrent_puts_and_removes_mem, concurrent_puts_and_removes_disk;
+}
+
+#[test]
+fn full_leaves_nothing_behind_mem() {
+    full_leaves_nothing_behind(Fixture::mem(100_000));
+}
+
+#[test]
+fn full_leaves_nothing_behind_disk() {
+    full_leaves_nothing_behind(Fixture::disk(100_000));
+}
+
+fn put_get_round_trip(f: Fixture) {
+    let s = &f.store;
+    let sizes = [0, 1, 4096, INLINE_MAX, INLINE_MAX + 1, 300_000];
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = bytes(i as u64, len);
+        let out = s
+            .put(&root(1), i as u8, b"hdr", &data, lease(1, 10))
+            .unwrap();
+        assert_eq!(out, PutOutcome::Stored);
+        let got = s.get(&root(1), i as u8, None).unwrap().unwrap();
+        assert_eq!(got.header, b"hdr");
+        assert_eq!(got.data, data, "share of {len} bytes");
+        assert_eq!(s.leases(&root(1), i as u8).unwrap(), vec![lease(1, 10)]);
+    }
+    // Two shares are over INLINE_MAX: only they are files.
+    assert!(matches!(f.share_files(), None | Some(2)));
+}
+
+fn range_reads(f: Fixture) {
+    let s = &f.store;
+    for (i, len) in [1000usize, 100_000].into_iter().enumerate() {
+        let r = root(i as u8);
+        let data = bytes(7, len);
+        s.put(&r, 3, b"h", &data, lease(1, 1)).unwrap();
+        let read = |range| s.get(&r, 3, Some(range)).map(|o| o.unwrap().data);
+        let len = len as u64;
+        assert_eq!(read(0..len).unwrap(), data);
+        assert_eq!(read(10..20).unwrap(), &data[10..20]);
+        assert_eq!(read(len - 5..len + 100).unwrap(), &data[len as usize - 5..]);
+        assert_eq!(read(len..len).unwrap(), b"");
+        assert_eq!(read(len..len + 1).unwrap(), b"");
+        assert!(matches!(
+            read(len + 1..len + 2),
+            Err(StoreError::BadRange { start, len: l, index: 3, .. }) if start == len + 1 && l == len
+        ));
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 20..10;
+        assert!(matches!(read(reversed), Err(StoreError::BadRange { .. })));
+    }
+}
+
+fn held_lists_indices_ascending(f: Fixture) {
+    let s = &f.store;
+    for index in [9u8, 0, 255, 3] {
+        s.put(&root(5), index, b"h", b"x", lease(1, 1)).unwrap();
+    }
+    s.put(&root(4), 1, b"h", b"x", lease(1, 1)).unwrap();
+    s.put(&root(6), 2, b"h", b"x", lease(1, 1)).unwrap();
+    assert_eq!(s.held(&root(5)).unwrap(), vec![0, 3, 9, 255]);
+    assert_eq!(s.held(&root(4)).unwrap(), vec![1]);
+    assert_eq!(s.held(&root(7)).unwrap(), Vec::<u8>::new());
+}
+
+fn already_held_merges_lease_and_keeps_bytes(f: Fixture) {
+    let s = &f.store;
+    for (index, len) in [(0u8, 100usize), (1, INLINE_MAX * 2)] {
+        let data = bytes(1, len);
+        assert_eq!(
+            s.put(&root(2), index, b"h", &data, lease(1, 100)).unwrap(),
+            PutOutcome::Stored
+        );
+        let before = usage(&f);
+        let other = bytes(2, len + 10);
+        let again = |l| s.put(&root(2), index, b"other header", &other, l).unwrap();
+        assert_eq!(again(lease(1, 50)), PutOutcome::AlreadyHeld);
+        assert_eq!(s.leases(&root(2), index).unwrap(), vec![lease(1, 100)]);
+        assert_eq!(again(lease(1, 200)), PutOutcome::AlreadyHeld);
+        assert_eq!(again(lease(9, 70)), PutOutcome::AlreadyHeld);
+        assert_eq!(
+            s.leases(&root(2), index).unwrap(),
+            vec![lease(1, 200), lease(9, 70)]
+        );
+        let got = s.get(&root(2), index, None).unwrap().unwrap();
+        assert_eq!(got.data, data);
+        assert_eq!(got.header, b"h");
+        assert_eq!(usage(&f), before);
+    }
+}
+
+fn remove_deletes_share_and_usage(f: Fixture) {
+    let s = &f.store;
+    let big = bytes(1, 200_000);
+    s.put(&root(1), 0, b"hh", &big, lease(1, 1)).unwrap();
+    s.put(&root(1), 1, b"hh", b"small", lease(1, 1)).unwrap();
+    assert!(matches!(f.share_files(), None | Some(1)));
+    assert_eq!(usage(&f).used_bytes, 200_000 + 5 + 2);
+
+    assert!(s.remove(&root(1), 0).unwrap());
+    assert!(!s.remove(&root(1), 0).unwrap());
+    assert!(matches!(f.share_files(), None | Some(0)));
+    assert_eq!(s.get(&root(1), 0, None).unwrap(), None);
+    assert_eq!(s.leases(&root(1), 0).unwrap(), vec![]);
+    assert_eq!(
+        usage(&f),
+        StoreUsage {
+            used_bytes: 5 + 2,
+            shares: 1,
+            capacity_bytes: CAPACITY
+        }
+    );
+    assert!(s.remove(&root(1), 1).unwrap());
+    assert_eq!(usage(&f).used_bytes, 0);
+    assert_eq!(usage(&f).shares, 0);
+    // Stored again after removal.
+    assert_eq!(
+        s.put(&root(1), 0, b"hh", &big, lease(1, 1)).unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(s.get(&root(1), 0, None).unwrap().unwrap().data, big);
+}
+
+fn full_leaves_nothing_behind(f: Fixture) {
+    // Capacity 100_000.
+    let s = &f.store;
+    s.put(&root(1), 0, b"0123456789", &bytes(1, 60_000), lease(1, 1))
+        .unwrap();
+    let before = usage(&f);
+    assert_eq!(before.used_bytes, 60_010);
+
+    // New root: its header counts too.
+    let err = s
+        .put(&root(2), 0, b"0123456789", &bytes(2, 39_990), lease(1, 1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Full {
+                needed: 40_000,
+                available: 39_990
+            }
+        ),
+        "{err:?}"
+    );
+    // Same root: the header is already paid for.
+    let err = s
+        .put(&root(1), 1, b"0123456789", &bytes(3, 40_000), lease(1, 1))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Full { needed: 40_000, .. }));
+    assert_eq!(usage(&f), before);
+    assert_eq!(s.held(&root(2)).unwrap(), Vec::<u8>::new());
+    assert_eq!(s.held(&root(1)).unwrap(), vec![0]);
+    assert!(matches!(f.share_files(), None | Some(1)));
+
+    // Exactly filling the store works; then small shares of new roots fail.
+    s.put(&root(1), 1, b"0123456789", &bytes(3, 39_990), lease(1, 1))
+        .unwrap();
+    assert_eq!(usage(&f).used_bytes, 100_000);
+    assert!(matches!(
+        s.put(&root(3), 0, b"", b"x", lease(1, 1)),
+        Err(StoreError::Full {
+            needed: 1,
+            available: 0
+        })
+    ));
+    // Freeing space lets puts in again.
+    s.remove(&root(1), 0).unwrap();
+    s.put(&root(3), 0, b"", b"x", lease(1, 1)).unwrap();
+}
+
+fn header_shared_and_removed_with_last_index(f: Fixture) {
+    let s = &f.store;
+    let header = bytes(9, 300);
+    s.put(&root(1), 0, &header, b"aaaa", lease(1, 1)).unwrap();
+    s.put(&root(1), 1, &header, b"bbbb", lease(1, 1)).unwrap();
+    assert_eq!(usage(&f).used_bytes, 300 + 8);
+    assert!(s.remove(&root(1), 0).unwrap());
+    assert_eq!(usage(&f).used_bytes, 300 + 4);
+    assert_eq!(s.get(&root(1), 1, None).unwrap().unwrap().header, header);
+    assert!(s.remove(&root(1), 1).unwrap());
+    assert_eq!(usage(&f).used_bytes, 0);
+    // A new put of the root stores the header it brings.
+    s.put(&root(1), 2, b"new", b"cc", lease(1, 1)).unwrap();
+    assert_eq!(s.get(&root(1), 2, None).unwrap().unwrap().header, b"new");
+    assert_eq!(usage(&f).used_bytes, 3 + 2);
+}
+
+fn usage_counter_matches_shares(f: Fixture) {
+    let s = &f.store;
+    let mut expected = 0u64;
+    for i in 0..40u64 {
+        let r = root((i % 7) as u8);
+        let len = [10usize, 5000, INLINE_MAX, 40_000][i as usize % 4];
+        let header = bytes(100 + i % 7, 50);
+        if s.held(&r).unwrap().is_empty() {
+            expected += 50;
+        }
+        if s.put(&r, i as u8, &header, &bytes(i, len), lease(1, 1))
+            .unwrap()
+            == PutOutcome::Stored
+        {
+            expected += len as u64;
+        }
+    }
+    for i in (0..40u64).step_by(3) {
+        let r = root((i % 7) as u8);
+        let len = [10u64, 5000, INLINE_MAX as u64, 40_000][i as usize % 4];
+        assert!(s.remove(&r, i as u8).unwrap());
+        expected -= len;
+        if s.held(&r).unwrap().is_empty() {
+            expected -= 50;
+        }
+    }
+    let mut walked = Vec::new();
+    s.for_each_share(&mut |r, i, len| walked.push((r, i, len)))
+        .unwrap();
+    let walked_bytes: u64 = walked.iter().map(|w| w.2).sum();
+    let roots: std::collections::BTreeSet<_> = walked.iter().map(|w| w.0).collect();
+    let u = usage(&f);
+    assert_eq!(u.used_bytes, expected);
+    assert_eq!(u.used_bytes, walked_bytes + 50 * roots.len() as u64);
+    assert_eq!(u.shares, walked.len() as u64);
+    assert_eq!(u.shares, 40 - 14);
+    let mut sorted = walked.clone();
+    sorted.sort();
+    assert_eq!(walked, sorted, "for_each_share visits in order");
+}
+
+fn missing_share_reads_as_absent(f: Fixture) {
+    let s = &f.store;
+    assert_eq!(s.get(&root(1), 0, None).unwrap(), None);
+    assert_eq!(s.get(&root(1), 0, Some(5..1000)).unwrap(), None);
+    assert_eq!(s.leases(&root(1), 0).unwrap(), vec![]);
+    assert!(!s.remove(&root(1), 0).unwrap());
+    assert_eq!(
+        usage(&f),
+        StoreUsage {
+            used_bytes: 0,
+            shares: 0,
+            capacity_bytes: CAPACITY
+        }
+    );
+}
+
+fn concurrent_puts_and_removes(f: Fixture) {
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            let s = f.store.clone();
+            std::thread::spawn(move || {
+                for i in 0..30u8 {
+                    // Threads share roots, so header reference counts are contended.
+                    let r = root(i % 5);
+                    let index = t * 30 + i;
+                    let len = if i % 10 == 0 { 50_000 } else { 2000 };
+                    let data = bytes(u64::from(index), len);
+                    s.put(&r, index, b"shared", &data, lease(t, 1)).unwrap();
+                    if i % 3 == 0 {
+                        assert!(s.remove(&r, index).unwrap());
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut total = 0u64;
+    let mut count = 0u64;
+    f.store
+        .for_each_share(&mut |r, i, len| {
+            let got = f.store.get(&r, i, None).unwrap().unwrap();
+            assert_eq!(got.data, bytes(u64::from(i), len as usize));
+            total += len;
+            count += 1;
+        })
+        .unwrap();
+    let u = usage(&f);
+    assert_eq!(count, 4 * 20);
+    assert_eq!(u.shares, count);
+    assert_eq!(u.used_bytes, total + 5 * 6);
+}
+
+// ---- DiskStore only ----
+
+#[test]
+fn reopen_keeps_everything_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = bytes(1, 100_000);
+    {
+        let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        s.put(&root(1), 0, b"h1", &big, lease(1, 5)).unwrap();
+        s.put(&root(1), 1, b"h1", b"tiny", lease(1, 5)).unwrap();
+        s.put(&root(2), 7, b"h2", b"x", lease(2, 6)).unwrap();
+        s.put(&root(1), 1, b"h1", b"tiny", lease(3, 9)).unwrap();
+    }
+    let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    assert_eq!(s.recovery(), &RecoveryReport::default());
+    assert_eq!(s.get(&root(1), 0, None).unwrap().unwrap().data, big);
+    assert_eq!(s.get(&root(1), 1, None).unwrap().unwrap().data, b"tiny");
+    assert_eq!(s.get(&root(2), 7, None).unwrap().unwrap().header, b"h2");
+    assert_eq!(
+        s.leases(&root(1), 1).unwrap(),
+        vec![lease(1, 5), lease(3, 9)]
+    );
+    assert_eq!(s.held(&root(1)).unwrap(), vec![0, 1]);
+    assert_eq!(
+        s.usage().unwrap(),
+        StoreUsage {
+            used_bytes: 100_000 + 4 + 1 + 2 + 2,
+            shares: 3,
+            capacity_bytes: CAPACITY
+        }
+    );
+}
+
+#[test]
+fn open_sweeps_temp_and_orphan_files_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = bytes(1, 100_000);
+    let shares = dir.path().join("shares");
+    {
+        let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        s.put(&root(0xab), 0, b"h", &big, lease(1, 5)).unwrap();
+    }
+    let prefix = shares.join("ab");
+    let kept = prefix.join(format!("{}.0", root(0xab)));
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), 100_000);
+    // An interrupted write, an orphan share file, and a file that is not ours.
+    std::fs::write(prefix.join(format!(".tmp.{}.1.0", root(0xab))), b"partial").unwrap();
+    std::fs::write(
+        shares.join("cd").join(format!("{}.3", root(0xcd))),
+        b"orphan",
+    )
+    .unwrap();
+    std::fs::write(prefix.join("notes.txt"), b"mine").unwrap();
+    // A share file in the wrong prefix directory is not ours either.
+    std::fs::write(shares.join("00").join(format!("{}.1", root(0xab))), b"x").unwrap();
+
+    let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    let report = s.recovery().clone();
+    assert_eq!(report.temp_files_removed, 1);
+    assert_eq!(report.orphan_files_removed, 1);
+    assert_eq!(report.records_dropped, 0);
+    assert_eq!(report.stray_files, 2);
+    assert!(!report.counters_repaired);
+    let mut left: Vec<_> = all_files(&shares);
+    left.sort();
+    let mut expected = vec![
+        kept,
+        prefix.join("notes.txt"),
+        shares.join("00").join(format!("{}.1", root(0xab))),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert_eq!(s.get(&root(0xab), 0, None).unwrap().unwrap().data, big);
+}
+
+#[test]
+fn truncated_share_file_is_corrupt_then_dropped_at_open_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = bytes(1, 100_000);
+    let path = dir.path().join("shares/03").join(format!("{}.4", root(3)));
+    {
+        let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        s.put(&root(3), 4, b"h", &big, lease(1, 5)).unwrap();
+        s.put(&root(3), 5, b"h", b"small", lease(1, 5)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(50_000).unwrap();
+        drop(f);
+        for range in [None, Some(0..10), Some(60_000..70_000)] {
+            let err = s.get(&root(3), 4, range).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt { index: 4, detail, .. } if detail.contains("50000")),
+                "{err:?}"
+            );
+        }
+        // A missing file is corrupt too.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            s.get(&root(3), 4, None),
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::write(&path, b"short").unwrap();
+    }
+    let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    let report = s.recovery();
+    assert_eq!(report.records_dropped, 1);
+    assert_eq!(report.orphan_files_removed, 0);
+    assert!(report.counters_repaired);
+    assert!(!path.exists());
+    assert_eq!(s.get(&root(3), 4, None).unwrap(), None);
+    assert_eq!(s.held(&root(3)).unwrap(), vec![5]);
+    assert_eq!(
+        s.usage().unwrap(),
+        StoreUsage {
+            used_bytes: 5 + 1,
+            shares: 1,
+            capacity_bytes: CAPACITY
+        }
+    );
+    // The next open finds nothing to repair.
+    drop(s);
+    let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    assert_eq!(s.recovery(), &RecoveryReport::default());
+}
+
+#[test]
+fn missing_share_file_dropped_at_open_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        s.put(&root(9), 0, b"h", &bytes(1, 20_000), lease(1, 5))
+            .unwrap();
+    }
+    std::fs::remove_file(dir.path().join("shares/09").join(format!("{}.0", root(9)))).unwrap();
+    let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    assert_eq!(s.recovery().records_dropped, 1);
+    assert_eq!(s.held(&root(9)).unwrap(), Vec::<u8>::new());
+    assert_eq!(s.usage().unwrap().used_bytes, 0);
+}
+
+#[test]
+fn lower_capacity_at_reopen_refuses_puts_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        s.put(&root(1), 0, b"", &bytes(1, 30_000), lease(1, 5))
+            .unwrap();
+    }
+    let s = DiskStore::open(dir.path(), 10_000).unwrap();
+    assert!(matches!(
+        s.put(&root(2), 0, b"", b"x", lease(1, 1)),
+        Err(StoreError::Full {
+            needed: 1,
+            available: 0
+        })
+    ));
+    assert_eq!(s.usage().unwrap().capacity_bytes, 10_000);
+    assert_eq!(
+        s.get(&root(1), 0, None).unwrap().unwrap().data.len(),
+        30_000
+    );
+}
+
+#[test]
+fn second_open_of_same_dir_fails_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let _s = DiskStore::open(dir.path(), CAPACITY).unwrap();
+    assert!(matches!(
+        DiskStore::open(dir.path(), CAPACITY),
+        Err(StoreError::Db(_))
+    ));
+}
+
+#[test]
+fn stores_are_send_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<DiskStore>();
+    check::<MemStore>();
+    check::<Arc<dyn ShareStore>>();
+}

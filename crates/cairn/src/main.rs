@@ -1,0 +1,506 @@
+//! `cairn`: run a node of a private grid, and put, get and check files on it.
+//!
+//! Thin glue over `cairn-node`: parse flags, talk to the local node over its control socket,
+//! print for people (or JSON with `--json`), and map every error to one line and exit code 1.
+
+mod quickstart;
+mod size;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cairn_core::Encoding;
+use cairn_core::cap::Cap;
+use cairn_node::control::{ControlClient, ControlRequest};
+use cairn_node::setup::{self, InitOptions};
+use cairn_node::{CheckReport, Node, NodeDir, PutReport, StatusReport};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about = "A secure peer-to-peer file system for a group of friends")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DirArg {
+    /// The node directory.
+    #[arg(long, env = "CAIRN_DIR", default_value_os_t = default_dir())]
+    dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+struct JsonArg {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new grid with this node as its first member and admin.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Shares needed to read a chunk.
+        #[arg(short, default_value_t = 3)]
+        k: u8,
+        /// Shares made of each chunk.
+        #[arg(short, default_value_t = 5)]
+        n: u8,
+        /// Distinct nodes a put must reach to succeed (default k+1, at most n).
+        #[arg(long)]
+        happy: Option<u8>,
+        #[command(flatten)]
+        node: NodeOpts,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Join a grid with an invite code from its admin.
+    Join {
+        /// The invite code (`cairn-invite:1:...`).
+        code: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        node: NodeOpts,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Run the node daemon in the foreground (logs to stderr; Ctrl-C stops it).
+    Run {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Stop a running node (or every node of a quickstart grid directory).
+    Stop {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print a one-time invite code for a new device (admin nodes).
+    Invite {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Store a file in the grid; prints its readcap (last line).
+    Put {
+        /// The file to store ("-" for standard input).
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Use random keys: nobody can tell you hold this file by putting it themselves.
+        #[arg(long)]
+        private: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Fetch a file by its cap.
+    Get {
+        /// The file's readcap.
+        cap: String,
+        /// Where to write it ("-" for standard output).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show the node, the grid, its peers and storage.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show, for each chunk of a file, how many shares exist and where.
+    Check {
+        /// A readcap or verifycap.
+        cap: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Make and start a local grid of several nodes on this machine, and try it.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct NodeOpts {
+    /// Address to listen on (port 0: pick one now and keep it).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Disk offered to the grid (e.g. 50GiB).
+    #[arg(long, value_parser = size::parse_size)]
+    capacity: Option<u64>,
+    /// Store nothing for others (a client-only device).
+    #[arg(long)]
+    no_storage: bool,
+}
+
+fn default_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cairn"))
+        .unwrap_or_else(|| PathBuf::from(".cairn"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its causes, joined.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            k,
+            n,
+            happy,
+            node,
+            json,
+        } => {
+            let happy = happy.unwrap_or_else(|| k.saturating_add(1).min(n));
+            let encoding = Encoding::new(k, n, happy)?;
+            let dir = NodeDir::new(dir.dir);
+            let id = setup::init_grid(&dir, &init_options(&node, encoding))?;
+            if json.json {
+                print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
+            } else {
+                println!("created a new grid ({k}-of-{n}, happy {happy}) in {}", dir.root().display());
+                println!("start it with: cairn run --dir {}", dir.root().display());
+                println!("node id: {id}");
+            }
+            Ok(())
+        }
+        Command::Join {
+            code,
+            dir,
+            node,
+            json,
+        } => {
+            let code = code.parse()?;
+            let dir = NodeDir::new(dir.dir);
+            let id = setup::join_grid(&dir, &code, &init_options(&node, Encoding::DEFAULT)).await?;
+            if json.json {
+                print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
+            } else {
+                println!("joined the grid; start the node with: cairn run --dir {}", dir.root().display());
+                println!("node id: {id}");
+            }
+            Ok(())
+        }
+        Command::Run { dir } => run_daemon(NodeDir::new(dir.dir)).await,
+        Command::Stop { dir } => quickstart::stop(&dir.dir).await,
+        Command::Invite {
+            dir,
+            ttl_hours,
+            json,
+        } => {
+            let code = call(
+                &dir.dir,
+                &ControlRequest::Invite {
+                    ttl_secs: ttl_hours.saturating_mul(3600),
+                },
+            )
+            .await?;
+            let code = code.as_str().context("node answered without a code")?;
+            if json.json {
+                print_json(&serde_json::json!({ "code": code }))?;
+            } else {
+                println!("one-time invite, valid {ttl_hours} h; on the new device run: cairn join CODE --dir DIR");
+                println!("{code}");
+            }
+            Ok(())
+        }
+        Command::Put {
+            file,
+            dir,
+            private,
+            json,
+        } => {
+            let report = put_file(&NodeDir::new(dir.dir), &file, private, !json.json).await?;
+            if json.json {
+                print_json(&report)?;
+            } else {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}", report.cap);
+            }
+            Ok(())
+        }
+        Command::Get {
+            cap,
+            output,
+            dir,
+            json,
+        } => {
+            let size = get_file(&NodeDir::new(dir.dir), &cap, &output, !json.json).await?;
+            if json.json {
+                print_json(&serde_json::json!({ "size": size, "output": output }))?;
+            }
+            Ok(())
+        }
+        Command::Status { dir, json } => {
+            let value = call(&dir.dir, &ControlRequest::Status).await?;
+            if json.json {
+                return print_json(&value);
+            }
+            let status: StatusReport = serde_json::from_value(value)?;
+            print_status(&status);
+            Ok(())
+        }
+        Command::Check { cap, dir, json } => {
+            cap.parse::<Cap>()?;
+            let value = call(&dir.dir, &ControlRequest::Check { cap }).await?;
+            let report: CheckReport = serde_json::from_value(value.clone())?;
+            if json.json {
+                print_json(&value)?;
+            } else {
+                print_check(&report);
+            }
+            if !report.readable {
+                bail!("file is not readable: some chunks have fewer than {} shares", report.k);
+            }
+            Ok(())
+        }
+        Command::Quickstart(args) => quickstart::run(args).await,
+    }
+}
+
+fn init_options(node: &NodeOpts, encoding: Encoding) -> InitOptions {
+    InitOptions {
+        encoding,
+        listen: node.listen,
+        capacity_bytes: node.capacity,
+        storage: !node.no_storage,
+    }
+}
+
+/// Sends a JSON-only command to the node at `dir`.
+pub(crate) async fn call(dir: &std::path::Path, request: &ControlRequest) -> Result<Value> {
+    let client = ControlClient::connect(&NodeDir::new(dir)).await?;
+    Ok(client.call(request).await?)
+}
+
+async fn run_daemon(dir: NodeDir) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cairn=info,cairn_node=info,cairn_net=info".into()),
+        )
+        .init();
+    let node = Node::start(&dir).await?;
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        on_signal.cancel();
+    });
+    tracing::info!(node = %node.id(), addrs = ?node.addrs(), "listening");
+    let served = cairn_node::control::serve(node.clone(), stop).await;
+    node.shutdown().await;
+    served?;
+    Ok(())
+}
+
+fn progress_bar(len: Option<u64>, show: bool) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(len) => ProgressBar::new(len),
+        None => ProgressBar::no_length(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn put_file(dir: &NodeDir, file: &std::path::Path, private: bool, show: bool) -> Result<PutReport> {
+    let client = ControlClient::connect(dir).await?;
+    let value = if file.as_os_str() == "-" {
+        let bar = progress_bar(None, show);
+        let v = client.put(tokio::io::stdin(), private, |n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        v?
+    } else {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().await.ok().map(|m| m.len());
+        let bar = progress_bar(len, show);
+        let v = client.put(f, private, |n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        v?
+    };
+    Ok(serde_json::from_value(value)?)
+}
+
+async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool) -> Result<u64> {
+    let parsed: Cap = cap.parse()?;
+    let client = ControlClient::connect(dir).await?;
+    let bar = progress_bar(Some(parsed.size()), show);
+    if output.as_os_str() == "-" {
+        let mut out = tokio::io::stdout();
+        let r = client.get(cap, &mut out, |n| bar.set_position(n)).await;
+        bar.finish_and_clear();
+        r?;
+        return Ok(parsed.size());
+    }
+    // Write beside the target and rename at the end: a failed get leaves no partial file.
+    let name = output
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy()
+        .to_string();
+    let tmp = output.with_file_name(format!(".{name}.cairn-partial"));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let result = client.get(cap, &mut file, |n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    let finished = match result {
+        Ok(_) => file.sync_all().await.context("cannot write the output file"),
+        Err(e) => Err(e.into()),
+    };
+    drop(file);
+    if let Err(e) = finished {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, output)
+        .await
+        .with_context(|| format!("cannot move the file into place at {}", output.display()))?;
+    Ok(parsed.size())
+}
+
+fn print_status(s: &StatusReport) {
+    println!("node      {}{}", s.node, if s.admin { " (admin)" } else { "" });
+    println!("grid      {}", s.grid);
+    println!(
+        "encoding  {}-of-{}, happy {}",
+        s.encoding.k, s.encoding.n, s.encoding.happy
+    );
+    let addrs: Vec<String> = s.addrs.iter().map(|a| a.to_string()).collect();
+    println!("listening {}", addrs.join(", "));
+    println!(
+        "storage   {} used of {} offered, {} shares",
+        size::human(s.storage.used_bytes),
+        size::human(s.storage.offered_bytes),
+        s.storage.shares
+    );
+    println!("peers     {}", s.peers.len());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for p in &s.peers {
+        let addr = p.addrs.first().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        let seen = match p.last_contact {
+            Some(t) => format!("{} ago", humantime(Duration::from_secs(now.saturating_sub(t)))),
+            None => "never".into(),
+        };
+        println!(
+            "  {} {:7} {:21} last contact {:>10}  sent {:>9}  received {:>9}",
+            p.id.fmt_short(),
+            if p.online { "online" } else { "offline" },
+            addr,
+            seen,
+            size::human(p.sent),
+            size::human(p.received)
+        );
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_check(r: &CheckReport) {
+    println!(
+        "{} bytes, {}-of-{}: {}",
+        r.size,
+        r.k,
+        r.n,
+        if r.healthy {
+            "healthy"
+        } else if r.readable {
+            "readable, but some shares are missing"
+        } else {
+            "NOT readable"
+        }
+    );
+    for c in &r.chunks {
+        let holders: Vec<String> = c
+            .holders
+            .iter()
+            .map(|(node, idx)| {
+                let idx: Vec<String> = idx.iter().map(|i| i.to_string()).collect();
+                format!("{}:[{}]", node.fmt_short(), idx.join(","))
+            })
+            .collect();
+        println!(
+            "  {:10} found {}/{} (need {})  {}",
+            c.what,
+            c.found,
+            c.total,
+            c.need,
+            holders.join(" ")
+        );
+    }
+}
