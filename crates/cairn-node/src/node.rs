@@ -31,6 +31,8 @@ use crate::NodeError;
 
 /// How often a node exchanges rosters with the members it knows.
 const GOSSIP_INTERVAL: Duration = Duration::from_secs(10);
+/// Delay before the first roster exchange after start.
+const FIRST_GOSSIP_DELAY: Duration = Duration::from_millis(1500);
 /// A peer that failed is skipped by placement for this long.
 const DOWN_BACKOFF: Duration = Duration::from_secs(15);
 /// Environment variable naming a delay (ms) added before this node serves each share: a
@@ -204,14 +206,18 @@ impl Node {
         let weak = Arc::downgrade(&self.inner);
         let cancel = self.inner.cancel.clone();
         self.inner.tasks.lock().await.spawn(async move {
+            // The first round waits a moment, so that members started together (a restarted
+            // grid) are all listening before they dial each other.
+            let mut wait = FIRST_GOSSIP_DELAY;
             loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 inner.gossip_round().await;
                 drop(inner);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(GOSSIP_INTERVAL) => {}
-                }
+                wait = GOSSIP_INTERVAL;
             }
         });
     }

@@ -114,13 +114,6 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
     for dir in &dirs {
         wait_until_up(dir, Duration::from_secs(20)).await?;
     }
-    // Every node says hello to the others now, so that all are online at once.
-    for dir in &dirs {
-        let _ = ControlClient::connect(dir)
-            .await?
-            .call(&ControlRequest::Gossip)
-            .await;
-    }
     println!(
         "{} nodes up in {:.2} s",
         dirs.len(),
