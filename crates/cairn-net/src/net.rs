@@ -11,12 +11,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_core::cert::MemberCert;
 use cairn_core::id::{GridId, NodeId};
 use cairn_core::wire::{
-    ALPN, Hello, JOIN_ALPN, InviteCode, JoinRequest, JoinResponse, PROTOCOL_VERSION, Request,
+    ALPN, Hello, InviteCode, JOIN_ALPN, JoinRequest, JoinResponse, PROTOCOL_VERSION, Request,
     Response,
 };
 use iroh::endpoint::{Connection, presets};
@@ -33,6 +33,12 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// How long a handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long dialling a peer may take. A peer whose port is closed never answers over UDP, so
+/// this is also how long it takes to learn that a peer is down.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed dial, requests to that peer fail at once for this long (unless the peer
+/// connects to us meanwhile), so that a down peer does not stall every request.
+const DIAL_BACKOFF: Duration = Duration::from_secs(2);
 /// How many requests one inbound connection may have in progress at once.
 const MAX_STREAMS_PER_CONN: usize = 64;
 /// QUIC close code sent to a peer whose certificate was refused.
@@ -92,7 +98,14 @@ pub struct PeerCounters {
     pub last_contact: Option<u64>,
 }
 
-type ConnSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// The cached connection to one peer, or when the last dial failed.
+#[derive(Default)]
+struct Slot {
+    conn: Option<Connection>,
+    failed: Option<(Instant, String)>,
+}
+
+type ConnSlot = Arc<tokio::sync::Mutex<Slot>>;
 
 struct Shared {
     endpoint: Endpoint,
@@ -136,7 +149,11 @@ fn public_key_of(peer: &NodeId) -> Result<PublicKey, NetError> {
     })
 }
 
-async fn bind_endpoint(secret_key: &[u8; 32], bind: SocketAddr, alpns: Vec<Vec<u8>>) -> Result<Endpoint, NetError> {
+async fn bind_endpoint(
+    secret_key: &[u8; 32],
+    bind: SocketAddr,
+    alpns: Vec<Vec<u8>>,
+) -> Result<Endpoint, NetError> {
     let bind_err = |detail: String| NetError::Bind { addr: bind, detail };
     Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(secret_key))
@@ -249,31 +266,45 @@ impl Net {
     async fn forget(&self, peer: NodeId, conn: &Connection) {
         let slot = self.slot(peer);
         let mut guard = slot.lock().await;
-        if guard.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
-            *guard = None;
+        if guard.conn.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+            guard.conn = None;
         }
     }
 
     fn slot(&self, peer: NodeId) -> ConnSlot {
-        let mut conns = match self.shared.conns.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        conns.entry(peer).or_default().clone()
+        self.shared.slot(peer)
     }
 
     /// The open connection to `peer`, dialling and shaking hands if there is none.
     async fn connection(&self, peer: NodeId, addrs: &[SocketAddr]) -> Result<Connection, NetError> {
         let slot = self.slot(peer);
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
+        if let Some(conn) = guard.conn.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
         }
-        let conn = self.dial(peer, addrs).await?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+        if let Some((at, detail)) = &guard.failed {
+            if at.elapsed() < DIAL_BACKOFF {
+                return Err(NetError::Connect {
+                    peer,
+                    detail: format!("{detail} (not retried yet)"),
+                });
+            }
+        }
+        match self.dial(peer, addrs).await {
+            Ok(conn) => {
+                guard.conn = Some(conn.clone());
+                guard.failed = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                if matches!(e, NetError::Connect { .. } | NetError::Timeout { .. }) {
+                    guard.failed = Some((Instant::now(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn dial(&self, peer: NodeId, addrs: &[SocketAddr]) -> Result<Connection, NetError> {
@@ -281,11 +312,11 @@ impl Net {
         let addr = addrs
             .iter()
             .fold(EndpointAddr::new(key), |a, s| a.with_ip_addr(*s));
-        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.shared.endpoint.connect(addr, ALPN))
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, self.shared.endpoint.connect(addr, ALPN))
             .await
             .map_err(|_| NetError::Timeout {
                 peer,
-                secs: HANDSHAKE_TIMEOUT.as_secs(),
+                secs: DIAL_TIMEOUT.as_secs(),
             })?
             .map_err(|e| NetError::Connect {
                 peer,
@@ -413,6 +444,21 @@ impl Shared {
         if found.is_empty() { bound } else { found }
     }
 
+    fn slot(&self, peer: NodeId) -> ConnSlot {
+        let mut conns = match self.conns.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        conns.entry(peer).or_default().clone()
+    }
+
+    /// A peer that just connected to us is up: forget an earlier failed dial.
+    fn peer_is_up(&self, peer: NodeId) {
+        if let Ok(mut slot) = self.slot(peer).try_lock() {
+            slot.failed = None;
+        }
+    }
+
     fn count(&self, peer: NodeId, sent: u64, received: u64) {
         if let Ok(mut counters) = self.counters.lock() {
             let c = counters.entry(peer).or_default();
@@ -451,7 +497,10 @@ impl MemberProtocol {
                 return None;
             }
         };
-        if let Err(e) = hello.cert.verify(&shared.membership.grid, &peer, now_secs()) {
+        if let Err(e) = hello
+            .cert
+            .verify(&shared.membership.grid, &peer, now_secs())
+        {
             warn!(peer = %peer.fmt_short(), error = %e, "refusing peer: certificate check failed");
             conn.close(CLOSE_NOT_MEMBER.into(), b"not a member of this grid");
             return None;
@@ -460,6 +509,7 @@ impl MemberProtocol {
             return None;
         }
         let _ = send.finish();
+        shared.peer_is_up(peer);
         shared.service.peer_hello(peer, &hello);
         Some(())
     }
@@ -496,7 +546,9 @@ impl ProtocolHandler for MemberProtocol {
                         let _ = send.finish();
                         shared.count(peer, sent as u64, received as u64);
                     }
-                    Err(e) => debug!(peer = %peer.fmt_short(), error = ?e, "response not delivered"),
+                    Err(e) => {
+                        debug!(peer = %peer.fmt_short(), error = ?e, "response not delivered")
+                    }
                 }
             });
         }

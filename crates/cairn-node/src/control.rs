@@ -22,10 +22,10 @@ use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::dir::NodeDir;
-use crate::put::PutOptions;
-use crate::node::Node;
 use crate::NodeError;
+use crate::dir::NodeDir;
+use crate::node::Node;
+use crate::put::PutOptions;
 
 const TAG_JSON: u8 = b'J';
 const TAG_DATA: u8 = b'D';
@@ -101,7 +101,10 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(u8, V
     }
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > MAX_CONTROL_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad control frame length"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad control frame length",
+        ));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
@@ -339,7 +342,10 @@ impl ControlClient {
         .await;
         match streamed {
             // The node may have stopped reading because the put failed: its answer says why.
-            Err(e) => self.read_reply().await.and(Err(NodeError::Aborted(e.to_string()))),
+            Err(e) => self
+                .read_reply()
+                .await
+                .and(Err(NodeError::Aborted(e.to_string()))),
             Ok(()) => self.read_reply().await,
         }
     }

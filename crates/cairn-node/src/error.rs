@@ -90,7 +90,9 @@ pub enum NodeError {
     #[error("node database: {0}")]
     Db(String),
     /// The file is larger than one manifest can describe.
-    #[error("file too large: its manifest needs {needed} bytes per share, the limit is {limit} (tree manifests are not implemented yet)")]
+    #[error(
+        "file too large: its manifest needs {needed} bytes per share, the limit is {limit} (tree manifests are not implemented yet)"
+    )]
     TooLarge {
         /// Bytes per share the manifest would need.
         needed: usize,

@@ -24,8 +24,8 @@ use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::node::{Inner, Member, Node};
 use crate::NodeError;
+use crate::node::{Inner, Member, Node};
 
 /// Chunks fetched ahead of the writer.
 const CHUNKS_AHEAD: usize = 8;
@@ -109,9 +109,10 @@ impl Node {
         size: u64,
     ) -> Result<Manifest, NodeError> {
         let fetched = self.inner.fetch_blob(root).await?;
-        let bytes = tokio::task::spawn_blocking(move || decode_blob(&fetched.header, fetched.shares))
-            .await
-            .map_err(|e| NodeError::Control(e.to_string()))??;
+        let bytes =
+            tokio::task::spawn_blocking(move || decode_blob(&fetched.header, fetched.shares))
+                .await
+                .map_err(|e| NodeError::Control(e.to_string()))??;
         let manifest = Manifest::decode(&bytes)?;
         if manifest.file_size != size {
             return Err(NodeError::SizeMismatch {
@@ -143,7 +144,10 @@ impl Inner {
     }
 
     /// Fetches `k` verified shares of the blob at `root` (see the module docs).
-    pub(crate) async fn fetch_blob(self: &Arc<Self>, root: &ShareRoot) -> Result<Fetched, NodeError> {
+    pub(crate) async fn fetch_blob(
+        self: &Arc<Self>,
+        root: &ShareRoot,
+    ) -> Result<Fetched, NodeError> {
         let root = *root;
         let ranked = self.ranked(&root);
         let mut need = usize::from(self.grid.encoding.k);
@@ -161,7 +165,12 @@ impl Inner {
         positions.sort_by_key(|(i, m)| {
             let h = self.health_of(&m.id);
             let slow = h.latency.is_some_and(|l| l > fastest * 4.0 + 0.05);
-            (h.recently_failed() || h.bad_shares > 0, slow, *i >= need, *i)
+            (
+                h.recently_failed() || h.bad_shares > 0,
+                slow,
+                *i >= need,
+                *i,
+            )
         });
         let mut queue: VecDeque<Attempt> = positions
             .into_iter()
@@ -267,7 +276,11 @@ impl Inner {
     }
 
     /// Asks every storage member which shares of `root` it holds.
-    async fn discover(self: &Arc<Self>, root: ShareRoot, got: &BTreeMap<u8, Vec<u8>>) -> Vec<Attempt> {
+    async fn discover(
+        self: &Arc<Self>,
+        root: ShareRoot,
+        got: &BTreeMap<u8, Vec<u8>>,
+    ) -> Vec<Attempt> {
         let members = self.ranked(&root);
         let mut asks: FuturesUnordered<_> = members
             .into_iter()

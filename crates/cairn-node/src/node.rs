@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_core::cert::{Roles};
-use cairn_core::id::{NodeId, ShareRoot};
+use cairn_core::cert::Roles;
 use cairn_core::erasure::verify_header;
+use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::{
-    Hello, InviteCode, JoinRefusal, JoinRequest, JoinResponse, GridInfo, Lease, Refusal, Request,
+    GridInfo, Hello, InviteCode, JoinRefusal, JoinRequest, JoinResponse, Lease, Refusal, Request,
     Response, RosterEntry,
 };
 use cairn_net::{BoxFuture, JoinService, Membership, Net, NetConfig, NetError, ShareService};
@@ -24,10 +24,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::NodeError;
 use crate::config::{GridConfig, NodeConfig};
 use crate::dir::{NodeDir, NodeKeys};
 use crate::meta::Meta;
-use crate::NodeError;
 
 /// How often a node exchanges rosters with the members it knows.
 const GOSSIP_INTERVAL: Duration = Duration::from_secs(10);
@@ -91,7 +91,7 @@ pub(crate) struct Inner {
     roster: RwLock<BTreeMap<NodeId, RosterEntry>>,
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
     net: OnceLock<Net>,
-    serve_delay: Option<Duration>,
+    serve_delay: Mutex<Option<Duration>>,
     cancel: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
@@ -104,7 +104,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +119,11 @@ impl Node {
         let keys = NodeKeys::load(dir)?;
         let id = keys.node_id();
         let store_dir = dir.store();
-        let capacity = if config.storage { config.capacity_bytes } else { 0 };
+        let capacity = if config.storage {
+            config.capacity_bytes
+        } else {
+            0
+        };
         let store: Arc<dyn ShareStore> = Arc::new(
             tokio::task::spawn_blocking(move || DiskStore::open(&store_dir, capacity))
                 .await
@@ -143,7 +149,7 @@ impl Node {
             roster: RwLock::new(roster),
             health: Mutex::new(HashMap::new()),
             net: OnceLock::new(),
-            serve_delay,
+            serve_delay: Mutex::new(serve_delay),
             cancel: CancellationToken::new(),
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
             keys,
@@ -246,6 +252,21 @@ impl Node {
         })
     }
 
+    /// Test knob: delay every share this node serves by `delay` (a slow holder). The
+    /// [`SERVE_DELAY_ENV`] variable sets it at start.
+    pub fn set_serve_delay(&self, delay: Option<Duration>) {
+        *self
+            .inner
+            .serve_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
+    /// The local share store.
+    pub fn store(&self) -> Arc<dyn ShareStore> {
+        self.inner.store.clone()
+    }
+
     /// Stops background work and the endpoint. Awaits both.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
@@ -297,7 +318,9 @@ impl Inner {
                     None => true,
                     Some(old) => {
                         entry.announced_at > old.announced_at
-                            || (entry.announced_at == old.announced_at && entry.addrs != old.addrs && node == self.id)
+                            || (entry.announced_at == old.announced_at
+                                && entry.addrs != old.addrs
+                                && node == self.id)
                     }
                 };
                 if newer {
@@ -393,8 +416,8 @@ impl Inner {
                 if !self.config.storage {
                     return Response::Refused(Refusal::NotStorage);
                 }
-                let valid = verify_header(&root, &header)
-                    .and_then(|h| h.verify_share(index, &data));
+                let valid =
+                    verify_header(&root, &header).and_then(|h| h.verify_share(index, &data));
                 if valid.is_err() {
                     warn!(peer = %peer.fmt_short(), root = %root.fmt_short(), index, "refusing share that does not match its root");
                     return Response::Refused(Refusal::InvalidShare);
@@ -416,7 +439,8 @@ impl Inner {
                 }
             }
             Request::GetShare { root, index, range } => {
-                if let Some(delay) = self.serve_delay {
+                let delay = *self.serve_delay.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
                 let store = self.store.clone();
@@ -507,7 +531,9 @@ struct Service(Weak<Inner>);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Inner")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

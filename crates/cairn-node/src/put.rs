@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
 
-use crate::node::{Inner, Member, Node};
 use crate::NodeError;
+use crate::node::{Inner, Member, Node};
 
 /// Raw chunks waiting to be sealed.
 const CHUNKS_QUEUED: usize = 2;
@@ -235,7 +235,9 @@ impl Inner {
     ) -> Result<(), NodeError> {
         let happy = usize::from(self.grid.encoding.happy);
         let n = shares.len();
-        let ranked = self.ranked(&root);
+        let mut ranked = self.ranked(&root);
+        // Members that failed a moment ago go last (stable: rank order is kept otherwise).
+        ranked.sort_by_key(|m| self.health_of(&m.id).recently_failed());
         if ranked.is_empty() {
             return Err(NodeError::NotHappy {
                 root,
@@ -286,15 +288,23 @@ impl Inner {
         let mut sends = FuturesUnordered::new();
         for (i, member) in primaries.iter().enumerate() {
             let idx = i as u8;
-            if let Some((id, _)) = already.iter().find(|(_, j)| *j == idx) {
-                placed[i] = Some(*id);
+            // A holder's claim to hold a share counts only for the share it is the primary
+            // holder of: a member claiming everything must not stand in for the others.
+            if already.contains(&(member.id, idx)) {
+                placed[i] = Some(member.id);
                 stats.shares_held.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if failed.contains(&member.id) {
                 continue;
             }
-            sends.push(self.send_share(member.clone(), root, idx, header.clone(), shares[i].clone()));
+            sends.push(self.send_share(
+                member.clone(),
+                root,
+                idx,
+                header.clone(),
+                shares[i].clone(),
+            ));
         }
         while let Some((idx, id, result)) = sends.next().await {
             self.account(result, idx, id, &mut placed, &mut failed, stats);

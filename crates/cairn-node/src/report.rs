@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cairn_core::Encoding;
 use cairn_core::cap::Cap;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::{MAX_HELD_QUERY, Request, Response};
-use cairn_core::Encoding;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
-use crate::node::{Node, now_secs};
 use crate::NodeError;
+use crate::node::{Node, now_secs};
 
 /// A member counts as online when it answered within this long.
 const ONLINE_WINDOW: Duration = Duration::from_secs(35);
@@ -185,7 +185,9 @@ impl Node {
                 .enumerate()
                 .map(|(i, c)| (format!("chunk {i}"), c.root)),
         );
-        let held = self.held_everywhere(&roots.iter().map(|(_, r)| *r).collect::<Vec<_>>()).await;
+        let held = self
+            .held_everywhere(&roots.iter().map(|(_, r)| *r).collect::<Vec<_>>())
+            .await;
         let chunks: Vec<ChunkHealth> = roots
             .into_iter()
             .enumerate()

@@ -4,19 +4,19 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use cairn_core::Encoding;
 use cairn_core::cert::{GridKey, Roles};
 use cairn_core::crypto::ConvergenceSecret;
 use cairn_core::id::NodeId;
 use cairn_core::wire::{InviteCode, JoinResponse, RosterEntry};
-use cairn_core::Encoding;
 use cairn_net::Net;
 use zeroize::Zeroizing;
 
+use crate::NodeError;
 use crate::config::{GridConfig, NodeConfig, save_toml};
 use crate::dir::{NodeDir, NodeKeys, node_id_from_secret};
 use crate::meta::Meta;
 use crate::node::{CERT_LIFETIME_SECS, now_secs};
-use crate::NodeError;
 
 /// Settings chosen when a node directory is created.
 #[derive(Clone, Debug)]
@@ -173,7 +173,9 @@ pub fn init_member_offline(
 ) -> Result<NodeId, NodeError> {
     let admin_keys = NodeKeys::load(admin)?;
     let Some(grid_key) = &admin_keys.grid_key else {
-        return Err(NodeError::NotAllowed("the admin directory holds no grid key"));
+        return Err(NodeError::NotAllowed(
+            "the admin directory holds no grid key",
+        ));
     };
     let grid = GridConfig::load(&admin.grid())?;
     dir.create()?;

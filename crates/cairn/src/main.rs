@@ -24,7 +24,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "A secure peer-to-peer file system for a group of friends")]
+#[command(
+    name = "cairn",
+    version,
+    about = "A secure peer-to-peer file system for a group of friends"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -160,7 +164,10 @@ fn default_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -207,7 +214,10 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
             } else {
-                println!("created a new grid ({k}-of-{n}, happy {happy}) in {}", dir.root().display());
+                println!(
+                    "created a new grid ({k}-of-{n}, happy {happy}) in {}",
+                    dir.root().display()
+                );
                 println!("start it with: cairn run --dir {}", dir.root().display());
                 println!("node id: {id}");
             }
@@ -225,7 +235,10 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
             } else {
-                println!("joined the grid; start the node with: cairn run --dir {}", dir.root().display());
+                println!(
+                    "joined the grid; start the node with: cairn run --dir {}",
+                    dir.root().display()
+                );
                 println!("node id: {id}");
             }
             Ok(())
@@ -248,7 +261,9 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "code": code }))?;
             } else {
-                println!("one-time invite, valid {ttl_hours} h; on the new device run: cairn join CODE --dir DIR");
+                println!(
+                    "one-time invite, valid {ttl_hours} h; on the new device run: cairn join CODE --dir DIR"
+                );
                 println!("{code}");
             }
             Ok(())
@@ -301,7 +316,10 @@ async fn run(cli: Cli) -> Result<()> {
                 print_check(&report);
             }
             if !report.readable {
-                bail!("file is not readable: some chunks have fewer than {} shares", report.k);
+                bail!(
+                    "file is not readable: some chunks have fewer than {} shares",
+                    report.k
+                );
             }
             Ok(())
         }
@@ -336,7 +354,8 @@ async fn run_daemon(dir: NodeDir) -> Result<()> {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -365,11 +384,18 @@ fn progress_bar(len: Option<u64>, show: bool) -> ProgressBar {
     bar
 }
 
-async fn put_file(dir: &NodeDir, file: &std::path::Path, private: bool, show: bool) -> Result<PutReport> {
+async fn put_file(
+    dir: &NodeDir,
+    file: &std::path::Path,
+    private: bool,
+    show: bool,
+) -> Result<PutReport> {
     let client = ControlClient::connect(dir).await?;
     let value = if file.as_os_str() == "-" {
         let bar = progress_bar(None, show);
-        let v = client.put(tokio::io::stdin(), private, |n| bar.set_position(n)).await;
+        let v = client
+            .put(tokio::io::stdin(), private, |n| bar.set_position(n))
+            .await;
         bar.finish_and_clear();
         v?
     } else {
@@ -409,7 +435,10 @@ async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool
     let result = client.get(cap, &mut file, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let finished = match result {
-        Ok(_) => file.sync_all().await.context("cannot write the output file"),
+        Ok(_) => file
+            .sync_all()
+            .await
+            .context("cannot write the output file"),
         Err(e) => Err(e.into()),
     };
     drop(file);
@@ -424,7 +453,11 @@ async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool
 }
 
 fn print_status(s: &StatusReport) {
-    println!("node      {}{}", s.node, if s.admin { " (admin)" } else { "" });
+    println!(
+        "node      {}{}",
+        s.node,
+        if s.admin { " (admin)" } else { "" }
+    );
     println!("grid      {}", s.grid);
     println!(
         "encoding  {}-of-{}, happy {}",
@@ -444,9 +477,16 @@ fn print_status(s: &StatusReport) {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     for p in &s.peers {
-        let addr = p.addrs.first().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+        let addr = p
+            .addrs
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into());
         let seen = match p.last_contact {
-            Some(t) => format!("{} ago", humantime(Duration::from_secs(now.saturating_sub(t)))),
+            Some(t) => format!(
+                "{} ago",
+                humantime(Duration::from_secs(now.saturating_sub(t)))
+            ),
             None => "never".into(),
         };
         println!(

@@ -85,9 +85,17 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
             setup::init_member_offline(dir, &dirs[0], &options)?;
         }
         setup::introduce(&dirs)?;
-        println!("created a grid of {n} nodes ({}-of-{n}) in {}", args.k, base.display());
+        println!(
+            "created a grid of {n} nodes ({}-of-{n}) in {}",
+            args.k,
+            base.display()
+        );
     } else {
-        println!("reusing the grid of {} nodes in {}", dirs.len(), base.display());
+        println!(
+            "reusing the grid of {} nodes in {}",
+            dirs.len(),
+            base.display()
+        );
     }
 
     let exe = std::env::current_exe().context("cannot find the cairn binary")?;
@@ -124,11 +132,16 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
     print_usage(&base, &dirs, &cap);
 
     if args.detach {
-        println!("the grid runs in the background; stop it with: cairn stop --dir {}", base.display());
+        println!(
+            "the grid runs in the background; stop it with: cairn stop --dir {}",
+            base.display()
+        );
         return Ok(());
     }
     println!("press Ctrl-C to stop the grid");
-    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
     println!("stopping...");
     stop_all(&dirs).await;
     for child in &mut children {
@@ -246,4 +259,3 @@ pub(crate) async fn stop(dir: &Path) -> Result<()> {
     println!("stopped {} node(s) under {}", running.len(), dir.display());
     Ok(())
 }
-

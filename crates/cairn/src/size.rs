@@ -20,7 +20,11 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "t" | "tb" => 1e12,
         "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit {other:?} (try KiB, MiB, GiB, TiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (try KiB, MiB, GiB, TiB)"
+            ));
+        }
     };
     Ok((num * mult) as u64)
 }

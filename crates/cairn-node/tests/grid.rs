@@ -1,0 +1,497 @@
+//! Multi-node behaviour on a real in-process grid (5 nodes on loopback, 3-of-5, happy 4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::cap::Cap;
+use cairn_core::cert::{GridKey, Roles};
+use cairn_core::id::NodeId;
+use cairn_core::wire::{Hello, Request, Response, RosterEntry};
+use cairn_net::{BoxFuture, Membership, Net, NetConfig, NetError, ShareService};
+use cairn_node::{NodeError, NodeKeys, PutOptions};
+use cairn_testkit::{GridOptions, TestGrid, random_bytes};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn put(grid: &TestGrid, from: usize, data: &[u8]) -> cairn_node::PutReport {
+    grid.node(from)
+        .put(std::io::Cursor::new(data.to_vec()), PutOptions::default())
+        .await
+        .expect("put succeeds")
+}
+
+async fn get(grid: &TestGrid, at: usize, cap: &str) -> Result<Vec<u8>, NodeError> {
+    let cap: Cap = cap.parse().expect("cap parses");
+    let mut out = Vec::new();
+    grid.node(at).get(&cap, &mut out).await?;
+    Ok(out)
+}
+
+fn used_bytes(grid: &TestGrid) -> u64 {
+    (0..grid.len())
+        .map(|i| grid.node(i).store().usage().expect("usage").used_bytes)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_edge_sizes_round_trip() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let kib = 1024;
+        let sizes = [
+            0,
+            1,
+            63,
+            64,
+            65,
+            1000,
+            256 * kib - 1,
+            256 * kib,
+            256 * kib + 1,
+            1024 * kib,
+            4096 * kib - 1,
+            4096 * kib,
+            4096 * kib + 1,
+            9 * 1024 * kib + 7,
+        ];
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data = random_bytes(i as u64, size);
+            let report = put(&grid, i % 5, &data).await;
+            assert_eq!(report.size, size as u64);
+            let back = get(&grid, (i + 1) % 5, &report.cap).await.expect("get");
+            assert!(back == data, "size {size} did not round-trip");
+            if size <= cairn_core::cap::INLINE_LIMIT {
+                assert!(
+                    report.cap.starts_with("cairn:lit:1:"),
+                    "{size}: {}",
+                    report.cap
+                );
+            } else {
+                assert!(
+                    report.cap.starts_with("cairn:chk:1:"),
+                    "{size}: {}",
+                    report.cap
+                );
+            }
+        }
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_file_twice_gives_same_cap_and_no_new_disk() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let data = random_bytes(7, 3 << 20);
+        let first = put(&grid, 0, &data).await;
+        assert!(first.shares_sent > 0);
+        let used = used_bytes(&grid);
+        let second = put(&grid, 0, &data).await;
+        assert_eq!(first.cap, second.cap);
+        assert_eq!(second.shares_sent, 0, "nothing is sent again");
+        assert_eq!(second.bytes_sent, 0);
+        assert_eq!(used_bytes(&grid), used, "no new disk is used");
+        // Another device of the same owner (same convergence secret) dedups too.
+        let third = put(&grid, 3, &data).await;
+        assert_eq!(third.cap, first.cap);
+        assert_eq!(third.shares_sent, 0);
+        // A private put of the same bytes gives another cap.
+        let private = grid
+            .node(0)
+            .put(
+                std::io::Cursor::new(data.clone()),
+                PutOptions { private: true },
+            )
+            .await
+            .expect("private put");
+        assert_ne!(private.cap, first.cap);
+        assert_eq!(get(&grid, 1, &private.cap).await.expect("get"), data);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_changed_byte_sends_only_the_changed_chunk() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let mut data = random_bytes(11, 24 << 20);
+        let first = put(&grid, 0, &data).await;
+        let total_shares = first.shares_sent;
+        assert!(
+            first.chunks >= 6,
+            "24 MiB makes several chunks: {}",
+            first.chunks
+        );
+        let sent_before: u64 = grid.node(0).net().counters().values().map(|c| c.sent).sum();
+        data[12 << 20] ^= 0xff;
+        let second = put(&grid, 0, &data).await;
+        assert_ne!(second.cap, first.cap);
+        let sent_after: u64 = grid.node(0).net().counters().values().map(|c| c.sent).sum();
+        // One byte touches one chunk (two if it moved a cut point), plus the new manifest.
+        assert!(
+            second.shares_sent <= 3 * 5,
+            "sent {} of {} shares",
+            second.shares_sent,
+            total_shares
+        );
+        let max_chunk_shares = 2 * 5 * (4 << 20) / 3 + 64 * 1024;
+        assert!(
+            sent_after - sent_before <= max_chunk_shares as u64,
+            "network bytes sent for the change: {}",
+            sent_after - sent_before
+        );
+        assert_eq!(get(&grid, 2, &second.cap).await.expect("get"), data);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_survives_two_nodes_down_and_fails_clearly_with_three() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        let data = random_bytes(3, 5 << 20);
+        let report = put(&grid, 0, &data).await;
+        grid.stop(3).await;
+        grid.stop(4).await;
+        assert_eq!(
+            get(&grid, 1, &report.cap).await.expect("get with 2 down"),
+            data
+        );
+        grid.stop(2).await;
+        let err = get(&grid, 1, &report.cap).await.expect_err("3 of 5 down");
+        let msg = err.to_string();
+        assert!(msg.starts_with("not enough shares for chunk"), "{msg}");
+        assert!(msg.contains("need 3"), "{msg}");
+        assert!(matches!(err, NodeError::NotEnoughShares { found, .. } if found <= 2));
+        grid.restart(2).await;
+        assert_eq!(
+            get(&grid, 1, &report.cap).await.expect("get after restart"),
+            data
+        );
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_with_a_node_down_warns_and_below_happy_fails() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        grid.stop(4).await;
+        let data = random_bytes(5, 2 << 20);
+        let report = put(&grid, 0, &data).await;
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("fewer than 5 distinct nodes")),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(get(&grid, 1, &report.cap).await.expect("get"), data);
+        grid.stop(3).await;
+        let err = grid
+            .node(0)
+            .put(
+                std::io::Cursor::new(random_bytes(6, 2 << 20)),
+                PutOptions::default(),
+            )
+            .await
+            .expect_err("3 live nodes < happy 4");
+        assert!(
+            matches!(
+                err,
+                NodeError::NotHappy {
+                    placed: 3,
+                    happy: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("need at least 4"), "{err}");
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_is_passed_over() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start_with(GridOptions {
+            capacities: vec![10 << 30, 10 << 30, 1024, 10 << 30, 10 << 30],
+            ..GridOptions::default()
+        })
+        .await;
+        let data = random_bytes(8, 6 << 20);
+        let report = put(&grid, 0, &data).await;
+        // The full node took at most what fits (the tiny manifest share); the chunks went elsewhere.
+        assert!(grid.node(2).store().usage().expect("usage").used_bytes <= 1024);
+        assert!(
+            report.warnings.iter().any(|w| w.contains("distinct nodes")),
+            "{:?}",
+            report.warnings
+        );
+        assert_eq!(get(&grid, 1, &report.cap).await.expect("get"), data);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_share_on_disk_is_detected_and_others_used() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let data = random_bytes(9, 3 << 20);
+        let report = put(&grid, 0, &data).await;
+        // Flip one byte in every share file of two nodes.
+        let mut flipped = 0;
+        for i in [1, 2] {
+            for path in files_under(&grid.dir(i).store().join("shares")) {
+                let mut bytes = std::fs::read(&path).expect("read share");
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                std::fs::write(&path, bytes).expect("write share");
+                flipped += 1;
+            }
+        }
+        assert!(flipped > 0, "share files exist on disk");
+        assert_eq!(get(&grid, 3, &report.cap).await.expect("get"), data);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A member that stores nothing and answers every share request with garbage.
+#[derive(Debug)]
+struct Liar;
+
+impl ShareService for Liar {
+    fn handle(&self, _peer: NodeId, request: Request) -> BoxFuture<Response> {
+        Box::pin(async move {
+            match request {
+                Request::PutShare { .. } => Response::Stored { already: false },
+                Request::GetShare { .. } => Response::Share {
+                    header: random_bytes(1, 300),
+                    data: random_bytes(2, 1000),
+                },
+                Request::HeldShares { roots } => {
+                    Response::Held(vec![vec![0, 1, 2, 3, 4]; roots.len()])
+                }
+                Request::Roster { .. } => Response::Roster(vec![]),
+            }
+        })
+    }
+
+    fn peer_hello(&self, _peer: NodeId, _hello: &Hello) {}
+}
+
+async fn bind_net(secret: [u8; 32], membership: Membership) -> Net {
+    Net::bind(
+        NetConfig {
+            secret_key: secret,
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            request_timeout: Duration::from_secs(5),
+        },
+        membership,
+        Arc::new(Liar),
+        None,
+    )
+    .await
+    .expect("bind")
+}
+
+fn node_id(secret: &[u8; 32]) -> NodeId {
+    NodeId::from_bytes(*GridKey::from_bytes(secret).grid_id().as_bytes())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_serving_garbage_is_skipped() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let admin = NodeKeys::load(grid.dir(0)).expect("keys");
+        let grid_key = admin.grid_key.expect("admin holds the grid key");
+        let secret = [42u8; 32];
+        let cert = grid_key.issue(node_id(&secret), Roles::MEMBER, now(), now() + 3600);
+        let liar = bind_net(
+            secret,
+            Membership {
+                grid: grid_key.grid_id(),
+                cert: cert.clone(),
+            },
+        )
+        .await;
+        // Introduce the liar to every member.
+        let entry = RosterEntry {
+            cert,
+            addrs: liar.local_addrs(),
+            announced_at: now(),
+        };
+        for i in 0..5 {
+            let r = liar
+                .request(
+                    grid.node(i).id(),
+                    &grid.node(i).addrs(),
+                    &Request::Roster {
+                        entries: vec![entry.clone()],
+                    },
+                )
+                .await
+                .expect("roster exchange");
+            assert!(matches!(r, Response::Roster(_)));
+        }
+        for seed in 0..4 {
+            let data = random_bytes(100 + seed, 2 << 20);
+            let report = put(&grid, 0, &data).await;
+            assert_eq!(get(&grid, 1, &report.cap).await.expect("get"), data);
+        }
+        liar.shutdown().await;
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_grid_is_refused_and_served_nothing() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(3).await;
+        let other = GridKey::from_bytes(&[9u8; 32]);
+        let secret = [43u8; 32];
+        let cert = other.issue(node_id(&secret), Roles::MEMBER, now(), now() + 3600);
+        let stranger = bind_net(
+            secret,
+            Membership {
+                grid: other.grid_id(),
+                cert,
+            },
+        )
+        .await;
+        let target = grid.node(0);
+        let result = stranger
+            .request(
+                target.id(),
+                &target.addrs(),
+                &Request::HeldShares { roots: vec![] },
+            )
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(NetError::NotMember { .. } | NetError::Refused { .. })
+            ),
+            "{result:?}"
+        );
+        let served = target
+            .net()
+            .counters()
+            .get(&node_id(&secret))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(served.sent, 0, "nothing served to a stranger");
+        stranger.shutdown().await;
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_presented_by_another_node_is_refused() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(3).await;
+        // Node 1's real certificate, presented by an endpoint with a different key.
+        let stolen = NodeKeys::load(grid.dir(1)).expect("keys").cert;
+        let thief = bind_net(
+            [44u8; 32],
+            Membership {
+                grid: stolen.grid(),
+                cert: stolen,
+            },
+        )
+        .await;
+        let target = grid.node(0);
+        let result = thief
+            .request(
+                target.id(),
+                &target.addrs(),
+                &Request::HeldShares { roots: vec![] },
+            )
+            .await;
+        assert!(result.is_err(), "{result:?}");
+        let served = target
+            .net()
+            .counters()
+            .get(&node_id(&[44u8; 32]))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(served.sent, 0);
+        thief.shutdown().await;
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_in_a_file_appears_nowhere_on_disk() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let marker = format!("CAIRN-MARKER-{:016x}", rand_u64());
+        let compressible = marker.repeat(50_000).into_bytes();
+        let mut incompressible = random_bytes(77, 2 << 20);
+        incompressible[1 << 20..(1 << 20) + marker.len()].copy_from_slice(marker.as_bytes());
+        let a = put(&grid, 0, &compressible).await;
+        let b = put(&grid, 1, &incompressible).await;
+        assert!(!a.cap.contains(&marker) && !b.cap.contains(&marker));
+        for path in files_under(grid.base()) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "marker found in {}",
+                path.display()
+            );
+        }
+        assert_eq!(get(&grid, 2, &a.cap).await.expect("get"), compressible);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+fn rand_u64() -> u64 {
+    u64::from_le_bytes(random_bytes(now(), 8).try_into().expect("8 bytes"))
+}
