@@ -279,18 +279,18 @@ impl Net {
     async fn connection(&self, peer: NodeId, addrs: &[SocketAddr]) -> Result<Connection, NetError> {
         let slot = self.slot(peer);
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.conn.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = guard.conn.as_ref()
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
         }
-        if let Some((at, detail)) = &guard.failed {
-            if at.elapsed() < DIAL_BACKOFF {
-                return Err(NetError::Connect {
-                    peer,
-                    detail: format!("{detail} (not retried yet)"),
-                });
-            }
+        if let Some((at, detail)) = &guard.failed
+            && at.elapsed() < DIAL_BACKOFF
+        {
+            return Err(NetError::Connect {
+                peer,
+                detail: format!("{detail} (not retried yet)"),
+            });
         }
         match self.dial(peer, addrs).await {
             Ok(conn) => {

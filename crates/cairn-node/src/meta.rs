@@ -43,10 +43,10 @@ impl Meta {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (_, value) = row?;
-            if let Ok(entry) = postcard::from_bytes::<RosterEntry>(value.value()) {
-                if entry.cert.verify_signature(grid).is_ok() {
-                    out.push(entry);
-                }
+            if let Ok(entry) = postcard::from_bytes::<RosterEntry>(value.value())
+                && entry.cert.verify_signature(grid).is_ok()
+            {
+                out.push(entry);
             }
         }
         Ok(out)

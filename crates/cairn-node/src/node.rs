@@ -329,10 +329,10 @@ impl Inner {
                 }
             }
         }
-        if !changed.is_empty() {
-            if let Err(e) = self.meta.put_roster(&changed) {
-                warn!(error = %e, "could not persist roster");
-            }
+        if !changed.is_empty()
+            && let Err(e) = self.meta.put_roster(&changed)
+        {
+            warn!(error = %e, "could not persist roster");
         }
     }
 
