@@ -61,8 +61,8 @@ pub trait JoinService: Send + Sync + fmt::Debug + 'static {
 /// Settings of the endpoint.
 #[derive(Clone)]
 pub struct NetConfig {
-    /// The node's ed25519 secret key (its identity).
-    pub secret_key: [u8; 32],
+    /// The node's ed25519 secret key (its identity); zeroized on drop.
+    pub secret_key: zeroize::Zeroizing<[u8; 32]>,
     /// Where to listen.
     pub bind: SocketAddr,
     /// How long to wait for a peer's answer to one request.

@@ -162,7 +162,7 @@ impl Node {
         };
         let net = Net::bind(
             NetConfig {
-                secret_key: *inner.keys.node_secret,
+                secret_key: inner.keys.node_secret.clone(),
                 bind: config.listen,
                 request_timeout: Duration::from_secs(config.request_timeout_secs.max(1)),
             },

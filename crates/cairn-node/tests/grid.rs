@@ -315,7 +315,7 @@ impl ShareService for Liar {
 async fn bind_net(secret: [u8; 32], membership: Membership) -> Net {
     Net::bind(
         NetConfig {
-            secret_key: secret,
+            secret_key: zeroize::Zeroizing::new(secret),
             bind: "127.0.0.1:0".parse().expect("addr"),
             request_timeout: Duration::from_secs(5),
         },
