@@ -31,13 +31,18 @@ pub const ALPN: &[u8] = b"cairn/1";
 pub const JOIN_ALPN: &[u8] = b"cairn/join/1";
 /// Version of the member protocol spoken by this build.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// The largest frame accepted: a share (at most a 64 MiB blob over k >= 1... bounded in practice
-/// by the 4 MiB chunk limit and the 16 MiB manifest limit) plus its header.
+/// The largest frame accepted: one share plus its header. Data chunks make shares of at most
+/// 4 MiB; a manifest whose shares would not fit is refused by the writer.
 pub const MAX_FRAME: usize = 20 * 1024 * 1024;
 /// The largest number of roots one [`Request::HeldShares`] may ask about.
 pub const MAX_HELD_QUERY: usize = 1024;
 /// The largest roster a message may carry.
 pub const MAX_ROSTER: usize = 4096;
+/// The most addresses one member may announce.
+pub const MAX_ADDRS: usize = 64;
+/// The largest handshake frame ([`Hello`], [`JoinRequest`]): these arrive before the peer is
+/// authenticated, so they are held to a few KiB.
+pub const MAX_HANDSHAKE_FRAME: usize = 16 * 1024;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,7 @@ pub struct Hello {
     /// The sender's member certificate.
     pub cert: MemberCert,
     /// Addresses the sender can be reached at, as it sees them.
+    #[serde(deserialize_with = "bounded::addrs")]
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -85,6 +91,7 @@ pub struct RosterEntry {
     /// The member's certificate (checked against the grid key on receipt).
     pub cert: MemberCert,
     /// Addresses it announced.
+    #[serde(deserialize_with = "bounded::addrs")]
     pub addrs: Vec<SocketAddr>,
     /// Unix seconds when these addresses were announced by the member itself.
     pub announced_at: u64,
@@ -129,11 +136,13 @@ pub enum Request {
     /// Which shares of these roots do you hold?
     HeldShares {
         /// The roots asked about.
+        #[serde(deserialize_with = "bounded::roots")]
         roots: Vec<ShareRoot>,
     },
     /// Exchange rosters: here is what I know; answer with what you know.
     Roster {
         /// The sender's roster.
+        #[serde(deserialize_with = "bounded::roster")]
         entries: Vec<RosterEntry>,
     },
 }
@@ -206,9 +215,9 @@ pub enum Response {
     /// The node does not hold that share.
     NotFound,
     /// For each root asked about, the share indices held.
-    Held(Vec<Vec<u8>>),
+    Held(#[serde(deserialize_with = "bounded::held")] Vec<Vec<u8>>),
     /// The answering node's roster.
-    Roster(Vec<RosterEntry>),
+    Roster(#[serde(deserialize_with = "bounded::roster")] Vec<RosterEntry>),
     /// The request was refused.
     Refused(Refusal),
 }
@@ -232,6 +241,7 @@ pub struct JoinRequest {
     /// The secret from the invite code.
     pub secret: [u8; 32],
     /// Addresses the joining node listens on.
+    #[serde(deserialize_with = "bounded::addrs")]
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -276,10 +286,73 @@ pub enum JoinResponse {
         /// The grid's facts.
         grid: GridInfo,
         /// The members known to the admitting node.
+        #[serde(deserialize_with = "bounded::roster")]
         roster: Vec<RosterEntry>,
     },
     /// Refused.
     Refused(JoinRefusal),
+}
+
+/// Deserializers that refuse a list longer than its bound before building it, so that a peer
+/// cannot make a node allocate more than the bound allows (a one-byte list item may become a
+/// 24-byte `Vec`).
+mod bounded {
+    use std::fmt;
+    use std::marker::PhantomData;
+    use std::net::SocketAddr;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use super::{MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, RosterEntry};
+    use crate::id::ShareRoot;
+
+    struct BoundedVisitor<T, const N: usize>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for BoundedVisitor<T, N> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {N} items")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            if let Some(len) = seq.size_hint()
+                && len > N
+            {
+                return Err(A::Error::invalid_length(len, &self));
+            }
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(N));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(A::Error::invalid_length(N + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>, const N: usize>(
+        d: D,
+    ) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(BoundedVisitor::<T, N>(PhantomData))
+    }
+
+    pub(super) fn addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        vec::<D, SocketAddr, MAX_ADDRS>(d)
+    }
+
+    pub(super) fn roots<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ShareRoot>, D::Error> {
+        vec::<D, ShareRoot, MAX_HELD_QUERY>(d)
+    }
+
+    pub(super) fn held<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        vec::<D, Vec<u8>, MAX_HELD_QUERY>(d)
+    }
+
+    pub(super) fn roster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RosterEntry>, D::Error> {
+        vec::<D, RosterEntry, MAX_ROSTER>(d)
+    }
 }
 
 /// Encodes a message as a frame: `u32` LE length, then postcard.
@@ -331,7 +404,7 @@ pub trait Bounded {
 
 impl Bounded for Hello {
     fn check_bounds(&self) -> Result<(), WireError> {
-        bound(self.addrs.len() <= 64, "too many addresses")
+        bound(self.addrs.len() <= MAX_ADDRS, "too many addresses")
     }
 }
 
@@ -361,7 +434,7 @@ impl Bounded for Response {
 
 impl Bounded for JoinRequest {
     fn check_bounds(&self) -> Result<(), WireError> {
-        bound(self.addrs.len() <= 64, "too many addresses")
+        bound(self.addrs.len() <= MAX_ADDRS, "too many addresses")
     }
 }
 
@@ -377,7 +450,7 @@ impl Bounded for JoinResponse {
 fn check_roster(entries: &[RosterEntry]) -> Result<(), WireError> {
     bound(entries.len() <= MAX_ROSTER, "roster too large")?;
     bound(
-        entries.iter().all(|e| e.addrs.len() <= 64),
+        entries.iter().all(|e| e.addrs.len() <= MAX_ADDRS),
         "too many addresses in a roster entry",
     )
 }
@@ -399,6 +472,7 @@ pub struct InviteCode {
     /// The admin node that issued the invite.
     pub inviter: NodeId,
     /// Where the inviter listens.
+    #[serde(deserialize_with = "bounded::addrs")]
     pub addrs: Vec<SocketAddr>,
     /// The one-time secret.
     pub secret: [u8; 32],
@@ -455,7 +529,7 @@ impl FromStr for InviteCode {
             .map_err(|_| InviteError::Base32)?;
         let (code, rest): (InviteCode, &[u8]) =
             postcard::take_from_bytes(&bytes).map_err(|_| InviteError::Body)?;
-        if !rest.is_empty() || code.addrs.len() > 64 {
+        if !rest.is_empty() || code.addrs.len() > MAX_ADDRS {
             return Err(InviteError::Body);
         }
         Ok(code)

@@ -25,10 +25,13 @@ pub(crate) async fn write_frame<T: Serialize>(
     Ok(frame.len())
 }
 
-/// Reads one frame and decodes it; the size is checked before the body is read.
+/// Reads one frame of at most `max` bytes and decodes it. The announced size is checked before
+/// the body is read, and the buffer grows only as bytes arrive, so a peer that announces much
+/// and sends little costs little.
 pub(crate) async fn read_frame<T: DeserializeOwned + Bounded>(
     recv: &mut RecvStream,
     deadline: Duration,
+    max: usize,
 ) -> Result<(T, usize), FrameError> {
     tokio::time::timeout(deadline, async {
         let mut prefix = [0u8; 4];
@@ -36,10 +39,18 @@ pub(crate) async fn read_frame<T: DeserializeOwned + Bounded>(
             .await
             .map_err(|e| FrameError::Io(e.to_string()))?;
         let len = wire::frame_len(prefix).map_err(FrameError::Wire)?;
-        let mut body = vec![0u8; len];
-        recv.read_exact(&mut body)
-            .await
-            .map_err(|e| FrameError::Io(e.to_string()))?;
+        if len > max {
+            return Err(FrameError::Wire(wire::WireError::TooLarge { len, max }));
+        }
+        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        while body.len() < len {
+            let chunk = recv
+                .read_chunk(len - body.len())
+                .await
+                .map_err(|e| FrameError::Io(e.to_string()))?
+                .ok_or_else(|| FrameError::Io("stream ended inside a frame".into()))?;
+            body.extend_from_slice(&chunk);
+        }
         let msg = wire::decode(&body).map_err(FrameError::Wire)?;
         Ok((msg, len + 4))
     })

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_core::cert::MemberCert;
 use cairn_core::id::{GridId, NodeId};
 use cairn_core::wire::{
-    ALPN, Hello, InviteCode, JOIN_ALPN, JoinRequest, JoinResponse, PROTOCOL_VERSION, Request,
-    Response,
+    ALPN, Hello, InviteCode, JOIN_ALPN, JoinRequest, JoinResponse, MAX_FRAME, MAX_HANDSHAKE_FRAME,
+    PROTOCOL_VERSION, Request, Response,
 };
 use iroh::endpoint::{Connection, presets};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
@@ -256,7 +256,7 @@ impl Net {
             .await
             .map_err(|e| frame_err(peer, e, timeout))?;
         send.finish().map_err(|e| stream_err(e.to_string()))?;
-        let (response, received) = read_frame::<Response>(&mut recv, timeout)
+        let (response, received) = read_frame::<Response>(&mut recv, timeout, MAX_FRAME)
             .await
             .map_err(|e| frame_err(peer, e, timeout))?;
         self.shared.count(peer, sent as u64, received as u64);
@@ -331,19 +331,20 @@ impl Net {
             .await
             .map_err(|e| frame_err(peer, e, HANDSHAKE_TIMEOUT))?;
         let _ = send.finish();
-        let (theirs, _) = match read_frame::<Hello>(&mut recv, HANDSHAKE_TIMEOUT).await {
-            Ok(h) => h,
-            Err(e) => {
-                // A peer that closes the connection instead of answering has refused our cert.
-                if let Some(reason) = conn.close_reason() {
-                    return Err(NetError::Refused {
-                        peer,
-                        detail: reason.to_string(),
-                    });
+        let (theirs, _) =
+            match read_frame::<Hello>(&mut recv, HANDSHAKE_TIMEOUT, MAX_HANDSHAKE_FRAME).await {
+                Ok(h) => h,
+                Err(e) => {
+                    // A peer that closes the connection instead of answering has refused our cert.
+                    if let Some(reason) = conn.close_reason() {
+                        return Err(NetError::Refused {
+                            peer,
+                            detail: reason.to_string(),
+                        });
+                    }
+                    return Err(frame_err(peer, e, HANDSHAKE_TIMEOUT));
                 }
-                return Err(frame_err(peer, e, HANDSHAKE_TIMEOUT));
-            }
-        };
+            };
         let shared = &self.shared;
         if let Err(source) = theirs
             .cert
@@ -396,7 +397,7 @@ impl Net {
                 .await
                 .map_err(|e| frame_err(peer, e, HANDSHAKE_TIMEOUT))?;
             let _ = send.finish();
-            let (response, _) = read_frame::<JoinResponse>(&mut recv, HANDSHAKE_TIMEOUT)
+            let (response, _) = read_frame::<JoinResponse>(&mut recv, HANDSHAKE_TIMEOUT, MAX_FRAME)
                 .await
                 .map_err(|e| frame_err(peer, e, HANDSHAKE_TIMEOUT))?;
             conn.close(0u32.into(), b"done");
@@ -489,14 +490,15 @@ impl MemberProtocol {
             debug!(peer = %peer.fmt_short(), "peer opened no handshake stream");
             return None;
         };
-        let hello = match read_frame::<Hello>(&mut recv, HANDSHAKE_TIMEOUT).await {
-            Ok((hello, _)) => hello,
-            Err(e) => {
-                warn!(peer = %peer.fmt_short(), error = ?e, "refusing peer: bad handshake");
-                conn.close(CLOSE_NOT_MEMBER.into(), b"bad handshake");
-                return None;
-            }
-        };
+        let hello =
+            match read_frame::<Hello>(&mut recv, HANDSHAKE_TIMEOUT, MAX_HANDSHAKE_FRAME).await {
+                Ok((hello, _)) => hello,
+                Err(e) => {
+                    warn!(peer = %peer.fmt_short(), error = ?e, "refusing peer: bad handshake");
+                    conn.close(CLOSE_NOT_MEMBER.into(), b"bad handshake");
+                    return None;
+                }
+            };
         if let Err(e) = hello
             .cert
             .verify(&shared.membership.grid, &peer, now_secs())
@@ -533,13 +535,14 @@ impl ProtocolHandler for MemberProtocol {
             tokio::spawn(async move {
                 let _permit = permit;
                 let timeout = shared.request_timeout;
-                let (request, received) = match read_frame::<Request>(&mut recv, timeout).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(peer = %peer.fmt_short(), error = ?e, "dropping bad request");
-                        return;
-                    }
-                };
+                let (request, received) =
+                    match read_frame::<Request>(&mut recv, timeout, MAX_FRAME).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(peer = %peer.fmt_short(), error = ?e, "dropping bad request");
+                            return;
+                        }
+                    };
                 let response = shared.service.handle(peer, request).await;
                 match write_frame(&mut send, &response).await {
                     Ok(sent) => {
@@ -573,7 +576,13 @@ impl ProtocolHandler for JoinProtocol {
         else {
             return Ok(());
         };
-        let request = match read_frame::<JoinRequest>(&mut recv, HANDSHAKE_TIMEOUT).await {
+        let request = match read_frame::<JoinRequest>(
+            &mut recv,
+            HANDSHAKE_TIMEOUT,
+            MAX_HANDSHAKE_FRAME,
+        )
+        .await
+        {
             Ok((r, _)) => r,
             Err(e) => {
                 warn!(peer = %peer.fmt_short(), error = ?e, "bad join request");
