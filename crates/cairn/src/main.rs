@@ -446,9 +446,11 @@ async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
     }
-    tokio::fs::rename(&tmp, output)
-        .await
-        .with_context(|| format!("cannot move the file into place at {}", output.display()))?;
+    if let Err(e) = tokio::fs::rename(&tmp, output).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e)
+            .with_context(|| format!("cannot move the file into place at {}", output.display()));
+    }
     Ok(parsed.size())
 }
 

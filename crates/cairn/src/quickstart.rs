@@ -153,10 +153,10 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
 async fn wait_until_up(dir: &NodeDir, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(client) = ControlClient::connect(dir).await {
-            if client.call(&ControlRequest::Status).await.is_ok() {
-                return Ok(());
-            }
+        if let Ok(client) = ControlClient::connect(dir).await
+            && client.call(&ControlRequest::Status).await.is_ok()
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
