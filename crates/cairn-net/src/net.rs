@@ -19,7 +19,7 @@ use cairn_core::wire::{
     ALPN, Hello, InviteCode, JOIN_ALPN, JoinRequest, JoinResponse, MAX_FRAME, MAX_HANDSHAKE_FRAME,
     PROTOCOL_VERSION, Request, Response,
 };
-use iroh::endpoint::{Connection, presets};
+use iroh::endpoint::{Connection, QuicTransportConfig, presets};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, PublicKey, SecretKey};
 use tokio::sync::Semaphore;
@@ -149,14 +149,30 @@ fn public_key_of(peer: &NodeId) -> Result<PublicKey, NetError> {
     })
 }
 
+/// A connection with no packets for this long is dead (a peer killed or cut off): its pending
+/// requests fail and the next request redials.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Keep-alive pings keep a quiet but live connection from idling out.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 async fn bind_endpoint(
     secret_key: &[u8; 32],
     bind: SocketAddr,
     alpns: Vec<Vec<u8>>,
 ) -> Result<Endpoint, NetError> {
     let bind_err = |detail: String| NetError::Bind { addr: bind, detail };
+    let idle = IDLE_TIMEOUT
+        .try_into()
+        .map_err(|e: iroh::endpoint::VarIntBoundsExceeded| bind_err(e.to_string()))?;
+    let transport = QuicTransportConfig::builder()
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval(KEEP_ALIVE)
+        .default_path_max_idle_timeout(IDLE_TIMEOUT)
+        .default_path_keep_alive_interval(KEEP_ALIVE)
+        .build();
     Endpoint::builder(presets::Minimal)
         .secret_key(SecretKey::from_bytes(secret_key))
+        .transport_config(transport)
         .clear_ip_transports()
         .bind_addr(bind)
         .map_err(|e| bind_err(e.to_string()))?

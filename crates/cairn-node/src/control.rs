@@ -144,8 +144,18 @@ pub async fn serve(node: Node, stop: CancellationToken) -> Result<(), NodeError>
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Removes the control socket: the last thing a stopping node does, so that `cairn stop` can
+/// wait for it to go.
+pub fn remove_socket(dir: &NodeDir) {
+    let _ = std::fs::remove_file(dir.control_socket());
+}
+
+/// Whether a node answers on the control socket at `dir`.
+pub fn is_running(dir: &NodeDir) -> bool {
+    std::os::unix::net::UnixStream::connect(dir.control_socket()).is_ok()
 }
 
 async fn bind_socket(dir: &Path, path: &Path) -> Result<UnixListener, NodeError> {
@@ -292,7 +302,7 @@ impl ControlClient {
                     let reply: ControlReply = serde_json::from_slice(&body)
                         .map_err(|e| NodeError::Control(e.to_string()))?;
                     return match (reply.ok, reply.error) {
-                        (_, Some(e)) => Err(NodeError::Control(e)),
+                        (_, Some(e)) => Err(NodeError::Remote(e)),
                         (Some(v), None) => Ok(v),
                         (None, None) => Ok(Value::Null),
                     };
@@ -328,25 +338,29 @@ impl ControlClient {
             .map_err(|e| NodeError::Control(e.to_string()))?;
         let mut buf = vec![0u8; DATA_FRAME];
         let mut sent = 0u64;
-        let streamed: io::Result<()> = async {
-            loop {
-                let n = data.read(&mut buf).await?;
-                if n == 0 {
-                    return write_frame(&mut self.stream, TAG_END, &[]).await;
-                }
-                write_frame(&mut self.stream, TAG_DATA, &buf[..n]).await?;
-                sent += n as u64;
-                progress(sent);
+        loop {
+            let n = match data.read(&mut buf).await {
+                Ok(n) => n,
+                // The input failed: hang up without an end frame, so the node abandons the put.
+                Err(e) => return Err(NodeError::Input(e.to_string())),
+            };
+            let written = if n == 0 {
+                write_frame(&mut self.stream, TAG_END, &[]).await
+            } else {
+                write_frame(&mut self.stream, TAG_DATA, &buf[..n]).await
+            };
+            if let Err(e) = written {
+                // The node may have stopped reading because the put failed: its answer says why.
+                return self
+                    .read_reply()
+                    .await
+                    .and(Err(NodeError::Aborted(e.to_string())));
             }
-        }
-        .await;
-        match streamed {
-            // The node may have stopped reading because the put failed: its answer says why.
-            Err(e) => self
-                .read_reply()
-                .await
-                .and(Err(NodeError::Aborted(e.to_string()))),
-            Ok(()) => self.read_reply().await,
+            if n == 0 {
+                return self.read_reply().await;
+            }
+            sent += n as u64;
+            progress(sent);
         }
     }
 
@@ -382,7 +396,7 @@ impl ControlClient {
                     let reply: ControlReply = serde_json::from_slice(&body)
                         .map_err(|e| NodeError::Control(e.to_string()))?;
                     return match reply.error {
-                        Some(e) => Err(NodeError::Control(e)),
+                        Some(e) => Err(NodeError::Remote(e)),
                         None => Ok(reply.ok.unwrap_or(Value::Null)),
                     };
                 }

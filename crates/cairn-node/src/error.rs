@@ -102,6 +102,9 @@ pub enum NodeError {
     /// This node cannot do that (e.g. invite without the grid key).
     #[error("{0}")]
     NotAllowed(&'static str),
+    /// The local input could not be read.
+    #[error("cannot read the input: {0}")]
+    Input(String),
     /// The operation's input was cut off (the client went away).
     #[error("input ended early: {0}")]
     Aborted(String),
@@ -119,6 +122,9 @@ pub enum NodeError {
     /// A control API exchange failed.
     #[error("control API: {0}")]
     Control(String),
+    /// The node reported an error (its one-line message, passed through).
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl NodeError {

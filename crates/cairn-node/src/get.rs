@@ -201,7 +201,10 @@ impl Inner {
                     break;
                 }
                 if !discovered {
+                    // Ask everyone, after refreshing the roster: a member that joined moments
+                    // ago may hold shares this node has not heard of yet.
                     discovered = true;
+                    self.gossip_round().await;
                     queue.extend(self.discover(root, &got).await);
                     continue;
                 }

@@ -114,6 +114,9 @@ impl Node {
     /// Opens the node at `dir` and starts serving the grid.
     pub async fn start(dir: &NodeDir) -> Result<Node, NodeError> {
         dir.require_initialised()?;
+        if crate::control::is_running(dir) {
+            return Err(NodeError::AlreadyRunning(dir.root().to_path_buf()));
+        }
         let config = NodeConfig::load(&dir.config())?;
         let grid = GridConfig::load(&dir.grid())?;
         let keys = NodeKeys::load(dir)?;
@@ -124,11 +127,17 @@ impl Node {
         } else {
             0
         };
-        let store: Arc<dyn ShareStore> = Arc::new(
-            tokio::task::spawn_blocking(move || DiskStore::open(&store_dir, capacity))
-                .await
-                .map_err(|e| NodeError::Control(e.to_string()))??,
-        );
+        let opened = tokio::task::spawn_blocking(move || DiskStore::open(&store_dir, capacity))
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        let store: Arc<dyn ShareStore> = match opened {
+            Ok(store) => Arc::new(store),
+            // Another process holds the store: a node is already running here.
+            Err(StoreError::Db(e)) if matches!(*e, redb::Error::DatabaseAlreadyOpen) => {
+                return Err(NodeError::AlreadyRunning(dir.root().to_path_buf()));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let meta = Meta::open(&dir.meta_db())?;
         let roster: BTreeMap<NodeId, RosterEntry> = meta
             .roster(&grid.grid)?
@@ -336,7 +345,7 @@ impl Inner {
         }
     }
 
-    async fn gossip_round(self: &Arc<Self>) {
+    pub(crate) async fn gossip_round(self: &Arc<Self>) {
         let members = self.members();
         let entries = self.roster_entries();
         let mut set = JoinSet::new();

@@ -3,6 +3,14 @@
 //! Thin glue over `cairn-node`: parse flags, talk to the local node over its control socket,
 //! print for people (or JSON with `--json`), and map every error to one line and exit code 1.
 
+/// Prints a line to stdout; a closed or full stdout becomes an error instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod quickstart;
 mod size;
 
@@ -176,6 +184,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the outermost context and its causes, joined.
             let mut line = e.to_string();
@@ -192,8 +201,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the error is stdout closed by its reader (`cairn check CAP | head`): not worth a word.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -214,12 +231,12 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
             } else {
-                println!(
+                outln!(
                     "created a new grid ({k}-of-{n}, happy {happy}) in {}",
                     dir.root().display()
                 );
-                println!("start it with: cairn run --dir {}", dir.root().display());
-                println!("node id: {id}");
+                outln!("start it with: cairn run --dir {}", dir.root().display());
+                outln!("node id: {id}");
             }
             Ok(())
         }
@@ -235,11 +252,11 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "node": id, "dir": dir.root() }))?;
             } else {
-                println!(
+                outln!(
                     "joined the grid; start the node with: cairn run --dir {}",
                     dir.root().display()
                 );
-                println!("node id: {id}");
+                outln!("node id: {id}");
             }
             Ok(())
         }
@@ -261,10 +278,10 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({ "code": code }))?;
             } else {
-                println!(
+                outln!(
                     "one-time invite, valid {ttl_hours} h; on the new device run: cairn join CODE --dir DIR"
                 );
-                println!("{code}");
+                outln!("{code}");
             }
             Ok(())
         }
@@ -281,7 +298,7 @@ async fn run(cli: Cli) -> Result<()> {
                 for w in &report.warnings {
                     eprintln!("warning: {w}");
                 }
-                println!("{}", report.cap);
+                outln!("{}", report.cap);
             }
             Ok(())
         }
@@ -303,7 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&value);
             }
             let status: StatusReport = serde_json::from_value(value)?;
-            print_status(&status);
+            print_status(&status)?;
             Ok(())
         }
         Command::Check { cap, dir, json } => {
@@ -313,7 +330,7 @@ async fn run(cli: Cli) -> Result<()> {
             if json.json {
                 print_json(&value)?;
             } else {
-                print_check(&report);
+                print_check(&report)?;
             }
             if !report.readable {
                 bail!(
@@ -365,6 +382,9 @@ async fn run_daemon(dir: NodeDir) -> Result<()> {
     tracing::info!(node = %node.id(), addrs = ?node.addrs(), "listening");
     let served = cairn_node::control::serve(node.clone(), stop).await;
     node.shutdown().await;
+    drop(node);
+    // Last: `cairn stop` waits for the socket to go.
+    cairn_node::control::remove_socket(&dir);
     served?;
     Ok(())
 }
@@ -454,26 +474,28 @@ async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool
     Ok(parsed.size())
 }
 
-fn print_status(s: &StatusReport) {
-    println!(
+fn print_status(s: &StatusReport) -> Result<()> {
+    outln!(
         "node      {}{}",
         s.node,
         if s.admin { " (admin)" } else { "" }
     );
-    println!("grid      {}", s.grid);
-    println!(
+    outln!("grid      {}", s.grid);
+    outln!(
         "encoding  {}-of-{}, happy {}",
-        s.encoding.k, s.encoding.n, s.encoding.happy
+        s.encoding.k,
+        s.encoding.n,
+        s.encoding.happy
     );
     let addrs: Vec<String> = s.addrs.iter().map(|a| a.to_string()).collect();
-    println!("listening {}", addrs.join(", "));
-    println!(
+    outln!("listening {}", addrs.join(", "));
+    outln!(
         "storage   {} used of {} offered, {} shares",
         size::human(s.storage.used_bytes),
         size::human(s.storage.offered_bytes),
         s.storage.shares
     );
-    println!("peers     {}", s.peers.len());
+    outln!("peers     {}", s.peers.len());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -491,7 +513,7 @@ fn print_status(s: &StatusReport) {
             ),
             None => "never".into(),
         };
-        println!(
+        outln!(
             "  {} {:7} {:21} last contact {:>10}  sent {:>9}  received {:>9}",
             p.id.fmt_short(),
             if p.online { "online" } else { "offline" },
@@ -501,6 +523,7 @@ fn print_status(s: &StatusReport) {
             size::human(p.received)
         );
     }
+    Ok(())
 }
 
 fn humantime(d: Duration) -> String {
@@ -513,8 +536,8 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-fn print_check(r: &CheckReport) {
-    println!(
+fn print_check(r: &CheckReport) -> Result<()> {
+    outln!(
         "{} bytes, {}-of-{}: {}",
         r.size,
         r.k,
@@ -536,7 +559,7 @@ fn print_check(r: &CheckReport) {
                 format!("{}:[{}]", node.fmt_short(), idx.join(","))
             })
             .collect();
-        println!(
+        outln!(
             "  {:10} found {}/{} (need {})  {}",
             c.what,
             c.found,
@@ -545,4 +568,5 @@ fn print_check(r: &CheckReport) {
             holders.join(" ")
         );
     }
+    Ok(())
 }

@@ -85,13 +85,13 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
             setup::init_member_offline(dir, &dirs[0], &options)?;
         }
         setup::introduce(&dirs)?;
-        println!(
+        outln!(
             "created a grid of {n} nodes ({}-of-{n}) in {}",
             args.k,
             base.display()
         );
     } else {
-        println!(
+        outln!(
             "reusing the grid of {} nodes in {}",
             dirs.len(),
             base.display()
@@ -122,27 +122,27 @@ pub(crate) async fn run(args: QuickstartArgs) -> Result<()> {
     for dir in &dirs {
         wait_until_up(dir, Duration::from_secs(20)).await?;
     }
-    println!(
+    outln!(
         "{} nodes up in {:.2} s",
         dirs.len(),
         started.elapsed().as_secs_f64()
     );
 
     let cap = try_grid(&dirs).await?;
-    print_usage(&base, &dirs, &cap);
+    print_usage(&base, &dirs, &cap)?;
 
     if args.detach {
-        println!(
+        outln!(
             "the grid runs in the background; stop it with: cairn stop --dir {}",
             base.display()
         );
         return Ok(());
     }
-    println!("press Ctrl-C to stop the grid");
+    outln!("press Ctrl-C to stop the grid");
     tokio::signal::ctrl_c()
         .await
         .context("cannot wait for Ctrl-C")?;
-    println!("stopping...");
+    outln!("stopping...");
     stop_all(&dirs).await;
     for child in &mut children {
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
@@ -195,25 +195,26 @@ async fn try_grid(dirs: &[NodeDir]) -> Result<String> {
     if back != sample {
         bail!("the sample file read back through node2 differs from what was put");
     }
-    println!(
+    outln!(
         "put a {} byte sample file through node1 and read it back through node2: identical",
         sample.len()
     );
     Ok(cap)
 }
 
-fn print_usage(base: &Path, dirs: &[NodeDir], cap: &str) {
+fn print_usage(base: &Path, dirs: &[NodeDir], cap: &str) -> Result<()> {
     let first = dirs[0].root().display();
     let second = dirs[1].root().display();
-    println!();
-    println!("use the grid (any node dir works):");
-    println!("  cairn status --dir {first}");
-    println!("  cairn put FILE --dir {first}");
-    println!("  cairn get CAP -o OUT --dir {second}");
-    println!("  cairn check CAP --dir {first}");
-    println!("  cairn stop --dir {}", base.display());
-    println!("the sample file's cap:");
-    println!("  {cap}");
+    outln!();
+    outln!("use the grid (any node dir works):");
+    outln!("  cairn status --dir {first}");
+    outln!("  cairn put FILE --dir {first}");
+    outln!("  cairn get CAP -o OUT --dir {second}");
+    outln!("  cairn check CAP --dir {first}");
+    outln!("  cairn stop --dir {}", base.display());
+    outln!("the sample file's cap:");
+    outln!("  {cap}");
+    Ok(())
 }
 
 async fn stop_all(dirs: &[NodeDir]) {
@@ -239,7 +240,8 @@ pub(crate) async fn stop(dir: &Path) -> Result<()> {
             .await?
             .call(&ControlRequest::Stop)
             .await?;
-        println!("stopped the node at {}", dir.display());
+        stop_all(std::slice::from_ref(&node)).await;
+        outln!("stopped the node at {}", dir.display());
         return Ok(());
     }
     let nodes = existing_nodes(dir);
@@ -256,6 +258,6 @@ pub(crate) async fn stop(dir: &Path) -> Result<()> {
         r
     };
     stop_all(&running).await;
-    println!("stopped {} node(s) under {}", running.len(), dir.display());
+    outln!("stopped {} node(s) under {}", running.len(), dir.display());
     Ok(())
 }

@@ -361,7 +361,6 @@ fn file_path_errors() {
 /// sending when the read fails but keeps the connection open waiting for the node's answer,
 /// while the node waits for more data: both wait forever.
 #[test]
-#[ignore = "BUG: `cairn put <a directory>` hangs forever"]
 fn put_of_a_directory_fails_promptly() {
     let env = Env::new();
     let (a, _node) = single_node(&env);
@@ -382,7 +381,6 @@ fn put_of_a_directory_fails_promptly() {
 /// Output that cannot be written (a full disk, a closed pipe as in `cairn status | head -1`)
 /// should be a one-line error, not a panic with exit code 101.
 #[test]
-#[ignore = "BUG: println! panics when stdout fails (EPIPE, ENOSPC): exit 101 with a panic message"]
 fn unwritable_stdout_is_a_clean_error() {
     let env = Env::new();
     let (a, _node) = single_node(&env);

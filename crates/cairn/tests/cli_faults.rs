@@ -203,7 +203,6 @@ fn put_needs_happy_distinct_nodes() {
 /// succeed should still answer promptly. Today each first request to a dead node waits for
 /// the 30 s request timeout on the stale QUIC connection.
 #[test]
-#[ignore = "known slow: requests to a SIGKILLed peer wait the full 30 s request timeout"]
 fn kill9_put_and_failing_get_are_prompt() {
     let mut g = Grid::manual(5, &[]);
     g.wait_roster_complete(Duration::from_secs(15));

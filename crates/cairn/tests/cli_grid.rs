@@ -323,7 +323,6 @@ fn json_output_of_every_command_parses() {
 /// only from their first gossip round (1.5 s after they start), so for about a second the get
 /// fails with "not enough shares for chunk ...: found 2, need 3" although all 5 shares exist.
 #[test]
-#[ignore = "BUG: a member cannot read for ~1.5 s after later members start (roster not yet gossiped)"]
 fn readme_flow_get_right_after_last_node_starts() {
     let g = Grid::manual(5, &[]);
     let data = random_bytes(300 * 1024);
