@@ -357,12 +357,9 @@ mod bounded {
 
 /// Encodes a message as a frame: `u32` LE length, then postcard.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![0u8; 4];
-    // Writing postcard into a Vec cannot fail for our types (no maps with non-string keys,
-    // no unsupported serde features).
-    let body = postcard::to_extend(msg, Vec::new()).unwrap_or_default();
-    out.reserve(body.len());
-    out.extend_from_slice(&body);
+    // Postcard writes straight after a 4-byte placeholder for the length. Writing into a Vec
+    // cannot fail for our types (no maps with non-string keys, no unsupported serde features).
+    let mut out = postcard::to_extend(msg, vec![0u8; 4]).unwrap_or_else(|_| vec![0u8; 4]);
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
     out

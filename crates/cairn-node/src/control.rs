@@ -106,10 +106,11 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(u8, V
             "bad control frame length",
         ));
     }
-    let mut body = vec![0u8; len];
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag).await?;
+    let mut body = vec![0u8; len - 1];
     r.read_exact(&mut body).await?;
-    let tag = body.remove(0);
-    Ok(Some((tag, body)))
+    Ok(Some((tag[0], body)))
 }
 
 fn reply<T: Serialize>(result: Result<T, NodeError>) -> ControlReply {

@@ -164,7 +164,7 @@ impl Inner {
             ranked.iter().take(n).cloned().enumerate().collect();
         positions.sort_by_key(|(i, m)| {
             let h = self.health_of(&m.id);
-            let slow = h.latency.is_some_and(|l| l > fastest * 4.0 + 0.05);
+            let slow = h.latency.is_some_and(|l| l > fastest * 2.0 + 0.01);
             (
                 h.recently_failed() || h.bad_shares > 0,
                 slow,
@@ -271,7 +271,7 @@ impl Inner {
             index: attempt.index,
             range: None,
         };
-        let answer = match self.request(&attempt.member, request).await {
+        let answer = match self.request(&attempt.member, &request).await {
             Ok(Response::Share { header, data }) => Some((header, data)),
             _ => None,
         };
@@ -291,7 +291,7 @@ impl Inner {
                 let inner = self.clone();
                 async move {
                     let r = inner
-                        .request(&m, Request::HeldShares { roots: vec![root] })
+                        .request(&m, &Request::HeldShares { roots: vec![root] })
                         .await;
                     (m, r)
                 }

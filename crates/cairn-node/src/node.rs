@@ -355,7 +355,7 @@ impl Inner {
                 entries: entries.clone(),
             };
             set.spawn(async move {
-                if let Ok(Response::Roster(theirs)) = inner.request(&m, request).await {
+                if let Ok(Response::Roster(theirs)) = inner.request(&m, &request).await {
                     inner.merge_roster(theirs);
                 }
             });
@@ -367,13 +367,13 @@ impl Inner {
     pub(crate) async fn request(
         self: &Arc<Self>,
         member: &Member,
-        request: Request,
+        request: &Request,
     ) -> Result<Response, NetError> {
         if member.id == self.id {
-            return Ok(self.serve(self.id, request).await);
+            return Ok(self.serve(self.id, request.clone()).await);
         }
         let started = Instant::now();
-        let result = self.net().request(member.id, &member.addrs, &request).await;
+        let result = self.net().request(member.id, &member.addrs, request).await;
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = health.entry(member.id).or_default();
         match &result {

@@ -68,6 +68,15 @@ pub struct PutReport {
     pub warnings: Vec<String>,
 }
 
+/// The outcome of sending one share, with the share's bytes handed back for a retry.
+struct Sent {
+    index: u8,
+    node: NodeId,
+    /// The answer and the share's length.
+    result: Result<(Response, u64), cairn_net::NetError>,
+    data: Vec<u8>,
+}
+
 #[derive(Default)]
 struct PutStats {
     shares_sent: AtomicU64,
@@ -230,7 +239,7 @@ impl Inner {
         self: &Arc<Self>,
         root: ShareRoot,
         header: Vec<u8>,
-        shares: Vec<Vec<u8>>,
+        mut shares: Vec<Vec<u8>>,
         stats: &PutStats,
     ) -> Result<(), NodeError> {
         let happy = usize::from(self.grid.encoding.happy);
@@ -263,7 +272,7 @@ impl Inner {
                 let m = m.clone();
                 async move {
                     let r = inner
-                        .request(&m, Request::HeldShares { roots: vec![root] })
+                        .request(&m, &Request::HeldShares { roots: vec![root] })
                         .await;
                     (m.id, r)
                 }
@@ -298,16 +307,20 @@ impl Inner {
             if failed.contains(&member.id) {
                 continue;
             }
-            sends.push(self.send_share(
-                member.clone(),
-                root,
-                idx,
-                header.clone(),
-                shares[i].clone(),
-            ));
+            // The share's bytes move into the request and come back with the answer.
+            let data = std::mem::take(&mut shares[i]);
+            sends.push(self.send_share(member.clone(), root, idx, header.clone(), data));
         }
-        while let Some((idx, id, result)) = sends.next().await {
-            self.account(result, idx, id, &mut placed, &mut failed, stats);
+        while let Some(sent) = sends.next().await {
+            shares[usize::from(sent.index)] = sent.data;
+            self.account(
+                sent.result,
+                sent.index,
+                sent.node,
+                &mut placed,
+                &mut failed,
+                stats,
+            );
         }
 
         // Shares whose primary failed: the next members in rank order, one share at a time,
@@ -325,10 +338,19 @@ impl Inner {
                 let Some(member) = candidate.cloned() else {
                     break;
                 };
-                let (idx, id, result) = self
-                    .send_share(member, root, i as u8, header.clone(), shares[i].clone())
+                let data = std::mem::take(&mut shares[i]);
+                let sent = self
+                    .send_share(member, root, i as u8, header.clone(), data)
                     .await;
-                if self.account(result, idx, id, &mut placed, &mut failed, stats) {
+                shares[i] = sent.data;
+                if self.account(
+                    sent.result,
+                    sent.index,
+                    sent.node,
+                    &mut placed,
+                    &mut failed,
+                    stats,
+                ) {
                     break;
                 }
             }
@@ -355,7 +377,7 @@ impl Inner {
         index: u8,
         header: Vec<u8>,
         data: Vec<u8>,
-    ) -> (u8, NodeId, Result<(Response, u64), cairn_net::NetError>) {
+    ) -> Sent {
         let len = data.len() as u64;
         let request = Request::PutShare {
             root,
@@ -364,8 +386,17 @@ impl Inner {
             lease: self.lease(),
             data,
         };
-        let result = self.request(&member, request).await.map(|r| (r, len));
-        (index, member.id, result)
+        let result = self.request(&member, &request).await.map(|r| (r, len));
+        let data = match request {
+            Request::PutShare { data, .. } => data,
+            _ => Vec::new(),
+        };
+        Sent {
+            index,
+            node: member.id,
+            result,
+            data,
+        }
     }
 
     /// Records one send's outcome; true when the share is now placed.

@@ -237,7 +237,7 @@ impl Node {
                 let batch = batch.to_vec();
                 asks.push(async move {
                     let r = inner
-                        .request(&member, Request::HeldShares { roots: batch })
+                        .request(&member, &Request::HeldShares { roots: batch })
                         .await;
                     (member.id, batch_no, r)
                 });
