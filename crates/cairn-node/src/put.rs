@@ -312,15 +312,7 @@ impl Inner {
             sends.push(self.send_share(member.clone(), root, idx, header.clone(), data));
         }
         while let Some(sent) = sends.next().await {
-            shares[usize::from(sent.index)] = sent.data;
-            self.account(
-                sent.result,
-                sent.index,
-                sent.node,
-                &mut placed,
-                &mut failed,
-                stats,
-            );
+            account(sent, &mut shares, &mut placed, &mut failed, stats);
         }
 
         // Shares whose primary failed: the next members in rank order, one share at a time,
@@ -342,15 +334,7 @@ impl Inner {
                 let sent = self
                     .send_share(member, root, i as u8, header.clone(), data)
                     .await;
-                shares[i] = sent.data;
-                if self.account(
-                    sent.result,
-                    sent.index,
-                    sent.node,
-                    &mut placed,
-                    &mut failed,
-                    stats,
-                ) {
+                if account(sent, &mut shares, &mut placed, &mut failed, stats) {
                     break;
                 }
             }
@@ -398,38 +382,38 @@ impl Inner {
             data,
         }
     }
+}
 
-    /// Records one send's outcome; true when the share is now placed.
-    fn account(
-        &self,
-        result: Result<(Response, u64), cairn_net::NetError>,
-        idx: u8,
-        id: NodeId,
-        placed: &mut [Option<NodeId>],
-        failed: &mut HashSet<NodeId>,
-        stats: &PutStats,
-    ) -> bool {
-        match result {
-            Ok((Response::Stored { already }, len)) => {
-                placed[usize::from(idx)] = Some(id);
-                if already {
-                    stats.shares_held.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.shares_sent.fetch_add(1, Ordering::Relaxed);
-                    stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
-                }
-                true
+/// Records one send's outcome and takes the share's bytes back; true when the share is placed.
+fn account(
+    sent: Sent,
+    shares: &mut [Vec<u8>],
+    placed: &mut [Option<NodeId>],
+    failed: &mut HashSet<NodeId>,
+    stats: &PutStats,
+) -> bool {
+    let (idx, id) = (usize::from(sent.index), sent.node);
+    shares[idx] = sent.data;
+    match sent.result {
+        Ok((Response::Stored { already }, len)) => {
+            placed[idx] = Some(id);
+            if already {
+                stats.shares_held.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.shares_sent.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
             }
-            Ok((other, _)) => {
-                tracing::debug!(peer = %id.fmt_short(), answer = ?other, "share not stored");
-                failed.insert(id);
-                false
-            }
-            Err(e) => {
-                tracing::debug!(peer = %id.fmt_short(), error = %e, "share not sent");
-                failed.insert(id);
-                false
-            }
+            true
+        }
+        Ok((other, _)) => {
+            tracing::debug!(peer = %id.fmt_short(), answer = ?other, "share not stored");
+            failed.insert(id);
+            false
+        }
+        Err(e) => {
+            tracing::debug!(peer = %id.fmt_short(), error = %e, "share not sent");
+            failed.insert(id);
+            false
         }
     }
 }
