@@ -6,6 +6,9 @@ use cairn_core::wire::{self, Bounded};
 use iroh::endpoint::{RecvStream, SendStream};
 use serde::{Serialize, de::DeserializeOwned};
 
+/// The most a frame buffer is sized for before its bytes arrive: a 4 MiB share and its header.
+const PREALLOC_LIMIT: usize = 4 * 1024 * 1024 + 64 * 1024;
+
 /// What went wrong reading or writing a frame, before the caller adds the peer's name.
 #[derive(Debug)]
 pub(crate) enum FrameError {
@@ -42,7 +45,9 @@ pub(crate) async fn read_frame<T: DeserializeOwned + Bounded>(
         if len > max {
             return Err(FrameError::Wire(wire::WireError::TooLarge { len, max }));
         }
-        let mut body = Vec::with_capacity(len.min(64 * 1024));
+        // Room for any data share at once (no regrowing copies); larger frames grow as their
+        // bytes arrive.
+        let mut body = Vec::with_capacity(len.min(PREALLOC_LIMIT));
         while body.len() < len {
             let chunk = recv
                 .read_chunk(len - body.len())
