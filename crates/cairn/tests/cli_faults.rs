@@ -11,20 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn get_timeout(dir: &Path, cap: &str, out: &Path, limit: Duration) -> Out {
-    cairn_timeout(
-        [
-            OsStr::new("get"),
-            OsStr::new(cap),
-            OsStr::new("-o"),
-            out.as_os_str(),
-            OsStr::new("--dir"),
-            dir.as_os_str(),
-        ],
-        limit,
-    )
-}
-
 fn put_timeout(dir: &Path, file: &Path, limit: Duration) -> Out {
     cairn_timeout(
         [

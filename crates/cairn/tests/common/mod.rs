@@ -532,14 +532,24 @@ pub fn put(dir: &Path, file: &Path) -> String {
 /// `cairn get CAP -o OUT --dir DIR` (not checked).
 #[track_caller]
 pub fn get(dir: &Path, cap: &str, out: &Path) -> Out {
-    cairn([
-        OsStr::new("get"),
-        OsStr::new(cap),
-        OsStr::new("-o"),
-        out.as_os_str(),
-        OsStr::new("--dir"),
-        dir.as_os_str(),
-    ])
+    get_timeout(dir, cap, out, CMD_TIMEOUT)
+}
+
+/// `cairn get CAP -o OUT --dir DIR` with a time limit of `limit` (not checked).
+#[track_caller]
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub fn get_timeout(dir: &Path, cap: &str, out: &Path, limit: Duration) -> Out {
+    cairn_timeout(
+        [
+            OsStr::new("get"),
+            OsStr::new(cap),
+            OsStr::new("-o"),
+            out.as_os_str(),
+            OsStr::new("--dir"),
+            dir.as_os_str(),
+        ],
+        limit,
+    )
 }
 
 /// The partial file `cairn get -o OUT` writes before renaming.
