@@ -6,6 +6,12 @@
 //! - `vchk`: [`VerifyCap`], fields `root (32) || size (u64 LE)`.
 //! - `lit`: [`LiteralCap`], fields = the file's bytes (at most [`INLINE_LIMIT`]).
 //!
+//! - `dir`: [`DirWriteCap`], field = the directory's ed25519 signing seed (32).
+//! - `dir-ro`: [`DirReadCap`], fields `verifying key (32) || read key (32)`.
+//!
+//! A directory writecap derives its readcap offline ([`DirWriteCap::read_cap`]): the read key is
+//! BLAKE3 (derive-key mode) of the seed, the slot id BLAKE3 (derive-key mode) of the verifying key.
+//!
 //! A readcap reduces to its verifycap offline ([`ReadCap::verify_cap`]). A readcap's `Debug`
 //! does not print the key; its `Display` is the secret itself and must not reach a log.
 
@@ -15,8 +21,10 @@ use std::sync::LazyLock;
 
 use data_encoding::Specification;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
 use crate::crypto::ReadKey;
-use crate::id::ShareRoot;
+use crate::id::{ShareRoot, SlotId};
 
 /// Files of at most this many bytes live in a literal cap, not in shares.
 pub const INLINE_LIMIT: usize = 64;
@@ -28,6 +36,14 @@ const KIND_READ: &str = "chk";
 const KIND_VERIFY: &str = "vchk";
 /// Kind of a literal (inline) file.
 const KIND_LITERAL: &str = "lit";
+/// Kind of a directory writecap.
+const KIND_DIR_WRITE: &str = "dir";
+/// Kind of a directory readcap.
+const KIND_DIR_READ: &str = "dir-ro";
+/// Derive-key context of a directory's read key (from the signing seed).
+const DIR_READ_KEY_CONTEXT: &str = "cairn 2026 dir read key v1";
+/// Derive-key context of a slot id (from the verifying key).
+const SLOT_ID_CONTEXT: &str = "cairn 2026 slot id v1";
 /// The only cap version so far.
 const VERSION: &str = "1";
 
@@ -84,6 +100,9 @@ pub enum CapError {
         /// Bytes decoded.
         got: usize,
     },
+    /// A directory readcap whose verifying key is not a valid ed25519 point.
+    #[error("directory cap holds an invalid verifying key")]
+    BadKey,
     /// A valid cap of another kind than the one asked for.
     #[error("expected a {expected} cap, got a {got} cap")]
     WrongKind {
@@ -167,6 +186,119 @@ impl fmt::Display for LiteralCap {
     }
 }
 
+/// The slot id of a directory whose verifying key is `verifying`.
+pub fn slot_of(verifying: &[u8; 32]) -> SlotId {
+    SlotId::from_bytes(blake3::derive_key(SLOT_ID_CONTEXT, verifying))
+}
+
+/// Writes (and reads) a directory: its ed25519 signing seed. `Display` is the secret itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirWriteCap {
+    seed: ReadKey,
+}
+
+impl DirWriteCap {
+    /// The writecap of the directory whose signing seed is `seed` (32 random bytes for a new one).
+    pub fn from_seed(seed: [u8; 32]) -> DirWriteCap {
+        DirWriteCap {
+            seed: ReadKey::from_bytes(seed),
+        }
+    }
+
+    /// The signing seed.
+    pub fn seed(&self) -> &[u8; 32] {
+        self.seed.as_bytes()
+    }
+
+    /// The ed25519 key that signs the directory's versions.
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey::from_bytes(self.seed.as_bytes())
+    }
+
+    /// The readcap of the same directory.
+    pub fn read_cap(&self) -> DirReadCap {
+        let verifying = self.signing_key().verifying_key().to_bytes();
+        let mut key = blake3::derive_key(DIR_READ_KEY_CONTEXT, self.seed.as_bytes());
+        let cap = DirReadCap {
+            verifying,
+            key: ReadKey::from_bytes(key),
+        };
+        zeroize::Zeroize::zeroize(&mut key);
+        cap
+    }
+
+    /// The directory's slot id.
+    pub fn slot(&self) -> SlotId {
+        self.read_cap().slot()
+    }
+}
+
+impl fmt::Debug for DirWriteCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DirWriteCap({:?})", self.slot())
+    }
+}
+
+impl fmt::Display for DirWriteCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = zeroize::Zeroizing::new(b32(self.seed.as_bytes()));
+        write!(f, "{SCHEME}:{KIND_DIR_WRITE}:{VERSION}:{}", text.as_str())
+    }
+}
+
+/// Reads a directory: its verifying key (checks versions) and read key (decrypts them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirReadCap {
+    /// The ed25519 verifying key of the directory's versions.
+    pub verifying: [u8; 32],
+    /// Decrypts the directory's versions.
+    pub key: ReadKey,
+}
+
+impl DirReadCap {
+    /// The directory's slot id.
+    pub fn slot(&self) -> SlotId {
+        slot_of(&self.verifying)
+    }
+}
+
+/// Serde form: `(verifying key, read key)` as two 32-byte arrays; decoding checks the point.
+impl serde::Serialize for DirReadCap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&(&self.verifying, self.key.as_bytes()), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DirReadCap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (verifying, key): ([u8; 32], [u8; 32]) = serde::Deserialize::deserialize(deserializer)?;
+        let key = zeroize::Zeroizing::new(key);
+        if VerifyingKey::from_bytes(&verifying).is_err() {
+            return Err(serde::de::Error::custom(CapError::BadKey));
+        }
+        Ok(DirReadCap {
+            verifying,
+            key: ReadKey::from_bytes(*key),
+        })
+    }
+}
+
+impl fmt::Debug for DirReadCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DirReadCap({:?})", self.slot())
+    }
+}
+
+impl fmt::Display for DirReadCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fields = zeroize::Zeroizing::new(Vec::with_capacity(64));
+        fields.extend_from_slice(&self.verifying);
+        fields.extend_from_slice(self.key.as_bytes());
+        let text = zeroize::Zeroizing::new(b32(&fields));
+        write!(f, "{SCHEME}:{KIND_DIR_READ}:{VERSION}:{}", text.as_str())
+    }
+}
+
 /// Any cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cap {
@@ -176,16 +308,26 @@ pub enum Cap {
     Verify(VerifyCap),
     /// A small file inside the cap.
     Literal(LiteralCap),
+    /// Writes a directory.
+    DirWrite(DirWriteCap),
+    /// Reads a directory.
+    DirRead(DirReadCap),
 }
 
 impl Cap {
-    /// The file size the cap names.
+    /// The file size the cap names (0 for a directory).
     pub fn size(&self) -> u64 {
         match self {
             Cap::Read(cap) => cap.size,
             Cap::Verify(cap) => cap.size,
             Cap::Literal(cap) => cap.data.len() as u64,
+            Cap::DirWrite(_) | Cap::DirRead(_) => 0,
         }
+    }
+
+    /// Whether the cap names a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Cap::DirWrite(_) | Cap::DirRead(_))
     }
 
     /// The cap's kind string (`chk`, `vchk`, `lit`).
@@ -194,6 +336,8 @@ impl Cap {
             Cap::Read(_) => KIND_READ,
             Cap::Verify(_) => KIND_VERIFY,
             Cap::Literal(_) => KIND_LITERAL,
+            Cap::DirWrite(_) => KIND_DIR_WRITE,
+            Cap::DirRead(_) => KIND_DIR_READ,
         }
     }
 }
@@ -204,6 +348,8 @@ impl fmt::Display for Cap {
             Cap::Read(cap) => cap.fmt(f),
             Cap::Verify(cap) => cap.fmt(f),
             Cap::Literal(cap) => cap.fmt(f),
+            Cap::DirWrite(cap) => cap.fmt(f),
+            Cap::DirRead(cap) => cap.fmt(f),
         }
     }
 }
@@ -244,6 +390,8 @@ impl FromStr for Cap {
             KIND_READ => KIND_READ,
             KIND_VERIFY => KIND_VERIFY,
             KIND_LITERAL => KIND_LITERAL,
+            KIND_DIR_WRITE => KIND_DIR_WRITE,
+            KIND_DIR_READ => KIND_DIR_READ,
             _ => return Err(CapError::UnknownKind(kind.chars().take(32).collect())),
         };
         if version != VERSION {
@@ -278,6 +426,24 @@ impl FromStr for Cap {
                 Ok(Cap::Verify(VerifyCap {
                     root: ShareRoot::from_bytes(root),
                     size: u64::from_le_bytes(size),
+                }))
+            }
+            KIND_DIR_WRITE => {
+                let (seed, _) = split_fields::<0>(kind, &bytes)?;
+                let cap = DirWriteCap::from_seed(seed);
+                let mut seed = seed;
+                zeroize::Zeroize::zeroize(&mut seed);
+                Ok(Cap::DirWrite(cap))
+            }
+            KIND_DIR_READ => {
+                let (verifying, key) = split_fields::<32>(kind, &bytes)?;
+                let mut key = zeroize::Zeroizing::new(key);
+                if VerifyingKey::from_bytes(&verifying).is_err() {
+                    return Err(CapError::BadKey);
+                }
+                Ok(Cap::DirRead(DirReadCap {
+                    verifying,
+                    key: ReadKey::from_bytes(std::mem::take(&mut *key)),
                 }))
             }
             _ => {
@@ -316,6 +482,8 @@ macro_rules! from_str_via_cap {
 from_str_via_cap!(ReadCap, Read, KIND_READ);
 from_str_via_cap!(VerifyCap, Verify, KIND_VERIFY);
 from_str_via_cap!(LiteralCap, Literal, KIND_LITERAL);
+from_str_via_cap!(DirWriteCap, DirWrite, KIND_DIR_WRITE);
+from_str_via_cap!(DirReadCap, DirRead, KIND_DIR_READ);
 
 #[cfg(test)]
 mod tests {
@@ -376,8 +544,8 @@ mod tests {
         assert_eq!("http://x".parse::<Cap>(), Err(CapError::NotACap));
         assert_eq!("cairn:chk".parse::<Cap>(), Err(CapError::NotACap));
         assert_eq!(
-            "cairn:dir:1:aa".parse::<Cap>(),
-            Err(CapError::UnknownKind("dir".into()))
+            "cairn:mut:1:aa".parse::<Cap>(),
+            Err(CapError::UnknownKind("mut".into()))
         );
         assert!(matches!(
             "cairn:chk:2:aa".parse::<Cap>(),
@@ -403,6 +571,40 @@ mod tests {
                 got: "lit"
             })
         );
+    }
+
+    #[test]
+    fn dir_caps_derive_and_round_trip() {
+        let write = DirWriteCap::from_seed([7; 32]);
+        let read = write.read_cap();
+        assert_eq!(write.slot(), read.slot());
+        let text = write.to_string();
+        assert!(text.starts_with("cairn:dir:1:"));
+        assert_eq!(text.parse::<DirWriteCap>().unwrap(), write);
+        let rtext = read.to_string();
+        assert!(rtext.starts_with("cairn:dir-ro:1:"));
+        assert_eq!(rtext.parse::<DirReadCap>().unwrap(), read);
+        assert!(rtext.parse::<Cap>().unwrap().is_dir());
+        assert_ne!(read.key.as_bytes(), write.seed());
+        assert!(!format!("{write:?}{read:?}").contains(&text[12..20]));
+        assert_eq!(
+            rtext.parse::<DirWriteCap>(),
+            Err(CapError::WrongKind {
+                expected: "dir",
+                got: "dir-ro"
+            })
+        );
+        // A different seed is a different directory.
+        assert_ne!(DirWriteCap::from_seed([8; 32]).slot(), write.slot());
+    }
+
+    #[test]
+    fn dir_read_cap_with_a_bad_point_is_refused() {
+        // y = 2 is not on the curve.
+        let mut fields = vec![0u8; 64];
+        fields[0] = 2;
+        let text = format!("cairn:dir-ro:1:{}", b32(&fields));
+        assert_eq!(text.parse::<Cap>(), Err(CapError::BadKey));
     }
 
     proptest! {

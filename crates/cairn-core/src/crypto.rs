@@ -118,8 +118,9 @@ pub fn convergent_key(secret: &ConvergenceSecret, encoded: &[u8]) -> ChunkKey {
 }
 
 /// Encrypts in place with AES-256-GCM under `key`, zero nonce, associated data `aad`, and
-/// appends the 16-byte tag.
-fn seal_with(key: &[u8; 32], aad: &[u8], mut message: Vec<u8>) -> Vec<u8> {
+/// appends the 16-byte tag. `key` must encrypt this one message only (derive a fresh key per
+/// message).
+pub fn seal_with(key: &[u8; 32], aad: &[u8], mut message: Vec<u8>) -> Vec<u8> {
     // `UnboundKey::new` fails only on a key length other than 32 for AES-256: ours is [u8; 32].
     #[allow(clippy::expect_used)]
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"));
@@ -135,7 +136,11 @@ fn seal_with(key: &[u8; 32], aad: &[u8], mut message: Vec<u8>) -> Vec<u8> {
 }
 
 /// Decrypts in place; fails with [`CoreError::Aead`] on a wrong key or tampered bytes.
-fn open_with(key: &[u8; 32], aad: &[u8], mut ciphertext: Vec<u8>) -> Result<Vec<u8>, CoreError> {
+pub fn open_with(
+    key: &[u8; 32],
+    aad: &[u8],
+    mut ciphertext: Vec<u8>,
+) -> Result<Vec<u8>, CoreError> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| CoreError::Aead)?);
     let plain_len = key
         .open_in_place(

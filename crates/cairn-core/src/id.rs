@@ -111,6 +111,17 @@ id_type!(
     GridId,
     "grid id"
 );
+id_type!(
+    /// Names a mutable slot (a directory): BLAKE3 (derive-key mode) of its verifying key. Holders
+    /// store a slot's versions under it; it reveals nothing of the content.
+    SlotId,
+    "slot id"
+);
+id_type!(
+    /// BLAKE3 of one encoded, signed version of a mutable slot.
+    VersionId,
+    "version id"
+);
 
 /// The largest `n` (shares per blob) supported.
 pub const MAX_SHARES: u8 = 64;

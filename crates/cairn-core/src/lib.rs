@@ -26,11 +26,13 @@ pub mod manifest;
 pub mod placement;
 pub mod wire;
 
-pub use cap::{Cap, CapError, INLINE_LIMIT, LiteralCap, ReadCap, VerifyCap};
+pub use cap::{
+    Cap, CapError, DirReadCap, DirWriteCap, INLINE_LIMIT, LiteralCap, ReadCap, VerifyCap, slot_of,
+};
 pub use chunk::{Chunker, KeyMode, SealedChunk, open_chunk, seal_chunk};
 pub use crypto::{ChunkKey, ConvergenceSecret, ReadKey};
 pub use erasure::{ChunkHeader, decode_blob, encode_blob, verify_header};
 pub use error::{CoreError, FormatError};
-pub use id::{ChunkId, Encoding, GridId, NodeId, ShareRoot};
+pub use id::{ChunkId, Encoding, GridId, NodeId, ShareRoot, SlotId, VersionId};
 pub use manifest::{ChunkRef, Manifest, ManifestBuilder};
 pub use placement::rank;

@@ -1,0 +1,133 @@
+//! Dots and causal contexts: which writes a replica has seen.
+//!
+//! Every write gets a [`Dot`]: its writer and that writer's next counter. A [`CausalContext`]
+//! is the set of dots seen, kept as a [`VersionVector`] (every counter up to a maximum) plus the
+//! few dots seen out of order; [`CausalContext::compact`] folds those in once the gaps close.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// One write: the writer's node id and its counter (from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The node that wrote.
+    pub writer: NodeId,
+    /// The writer's counter for this write (1, 2, 3, ...).
+    pub counter: u64,
+}
+
+/// For each writer, the highest counter up to which every write has been seen.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VersionVector(pub BTreeMap<NodeId, u64>);
+
+impl VersionVector {
+    /// The counter seen up to for `writer` (0 when none).
+    pub fn get(&self, writer: &NodeId) -> u64 {
+        self.0.get(writer).copied().unwrap_or(0)
+    }
+
+    /// Whether every write up to `dot` by its writer has been seen.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.get(&dot.writer) >= dot.counter
+    }
+
+    /// Pointwise maximum.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (writer, &counter) in &other.0 {
+            let mine = self.0.entry(*writer).or_insert(0);
+            *mine = (*mine).max(counter);
+        }
+    }
+}
+
+/// The set of dots a state has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CausalContext {
+    /// Contiguous prefix per writer.
+    pub vv: VersionVector,
+    /// Dots seen beyond the contiguous prefix.
+    pub cloud: BTreeSet<Dot>,
+}
+
+impl CausalContext {
+    /// Whether `dot` has been seen.
+    pub fn contains(&self, dot: &Dot) -> bool {
+        self.vv.covers(dot) || self.cloud.contains(dot)
+    }
+
+    /// Records `dot` as seen.
+    pub fn insert(&mut self, dot: Dot) {
+        if !self.vv.covers(&dot) {
+            self.cloud.insert(dot);
+        }
+    }
+
+    /// The highest counter seen for `writer`, contiguous or not.
+    pub fn max_counter(&self, writer: &NodeId) -> u64 {
+        let cloud_max = self
+            .cloud
+            .range(
+                Dot {
+                    writer: *writer,
+                    counter: 0,
+                }..=Dot {
+                    writer: *writer,
+                    counter: u64::MAX,
+                },
+            )
+            .next_back()
+            .map_or(0, |dot| dot.counter);
+        self.vv.get(writer).max(cloud_max)
+    }
+
+    /// Union with `other`, then [`compact`](Self::compact).
+    pub fn join(&mut self, other: &CausalContext) {
+        self.vv.join(&other.vv);
+        for dot in &other.cloud {
+            self.insert(*dot);
+        }
+        self.compact();
+    }
+
+    /// Moves cloud dots that extend a writer's contiguous prefix into the version vector.
+    pub fn compact(&mut self) {
+        let cloud = std::mem::take(&mut self.cloud);
+        for dot in cloud {
+            let seen = self.vv.get(&dot.writer);
+            if dot.counter == seen + 1 {
+                self.vv.0.insert(dot.writer, dot.counter);
+            } else if dot.counter > seen {
+                self.cloud.insert(dot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dot(w: u8, counter: u64) -> Dot {
+        Dot {
+            writer: NodeId::from_bytes([w; 32]),
+            counter,
+        }
+    }
+
+    #[test]
+    fn out_of_order_dots_compact_when_the_gap_closes() {
+        let mut ctx = CausalContext::default();
+        ctx.insert(dot(1, 2));
+        ctx.insert(dot(1, 3));
+        ctx.compact();
+        assert!(!ctx.contains(&dot(1, 1)) && ctx.contains(&dot(1, 3)));
+        assert_eq!(ctx.max_counter(&NodeId::from_bytes([1; 32])), 3);
+        ctx.insert(dot(1, 1));
+        ctx.compact();
+        assert!(ctx.cloud.is_empty());
+        assert_eq!(ctx.vv.get(&NodeId::from_bytes([1; 32])), 3);
+        assert_eq!(ctx.max_counter(&NodeId::from_bytes([2; 32])), 0);
+    }
+}

@@ -1,0 +1,183 @@
+//! Changing a directory: each operation becomes a small delta state, joined into the local state
+//! at once and collected for publishing as one version.
+
+use cairn_core::NodeId;
+
+use crate::content::Content;
+use crate::context::{CausalContext, Dot};
+use crate::error::DirError;
+use crate::hlc::Hlc;
+use crate::name::check_name;
+use crate::state::{DirState, Entry, EntryId, MvReg, Stamped};
+
+/// A batch of changes by one writer at one timestamp.
+#[derive(Debug)]
+pub struct Edit<'a> {
+    state: &'a mut DirState,
+    writer: NodeId,
+    hlc: Hlc,
+    next: u64,
+    delta: DirState,
+}
+
+impl<'a> Edit<'a> {
+    /// Starts a batch on `state` by `writer` at `hlc`. `min_counter` is the highest counter the
+    /// writer knows it used on this directory (kept locally, in case the state lacks its latest
+    /// writes); dots continue after it and after anything the state has seen.
+    pub fn new(state: &'a mut DirState, writer: NodeId, hlc: Hlc, min_counter: u64) -> Edit<'a> {
+        let next = state.context.max_counter(&writer).max(min_counter) + 1;
+        Edit {
+            state,
+            writer,
+            hlc,
+            next,
+            delta: DirState::default(),
+        }
+    }
+
+    /// The state as changed so far.
+    pub fn state(&self) -> &DirState {
+        self.state
+    }
+
+    fn dot(&mut self) -> Dot {
+        let dot = Dot {
+            writer: self.writer,
+            counter: self.next,
+        };
+        self.next += 1;
+        dot
+    }
+
+    fn entry(&self, id: EntryId) -> Result<&Entry, DirError> {
+        self.state.entries.get(&id).ok_or(DirError::NoSuchEntry)
+    }
+
+    /// Applies one operation's delta: `writes` set registers of `id`, overwriting the dots in
+    /// `overwritten`.
+    fn apply(&mut self, id: EntryId, op: Entry, overwritten: Vec<Dot>) {
+        let mut context = CausalContext::default();
+        for dot in overwritten.into_iter().chain(op.dots()) {
+            context.insert(dot);
+        }
+        context.compact();
+        let mut delta = DirState {
+            context,
+            ..DirState::default()
+        };
+        delta.entries.insert(id, op);
+        self.state.join(&delta);
+        self.delta.join(&delta);
+    }
+
+    fn stamp<T>(&self, value: T) -> Stamped<T> {
+        Stamped {
+            hlc: self.hlc,
+            value,
+        }
+    }
+
+    fn reg<T>(&mut self, value: T) -> MvReg<T> {
+        let dot = self.dot();
+        let mut reg = MvReg::default();
+        reg.0.insert(dot, self.stamp(value));
+        reg
+    }
+
+    /// Adds a new entry `id` named `name`.
+    pub fn create(&mut self, id: EntryId, name: &str, content: Content) -> Result<(), DirError> {
+        check_name(name)?;
+        let op = Entry {
+            name: self.reg(name.to_owned()),
+            content: self.reg(content),
+            alive: self.reg(true),
+        };
+        self.apply(id, op, Vec::new());
+        Ok(())
+    }
+
+    /// Replaces the target of `id` (every current value, so a conflict is resolved) and revives
+    /// it if deleted.
+    pub fn set_content(&mut self, id: EntryId, content: Content) -> Result<(), DirError> {
+        let entry = self.entry(id)?;
+        let overwritten = entry.content.dots().chain(entry.alive.dots()).collect();
+        let op = Entry {
+            content: self.reg(content),
+            alive: self.reg(true),
+            ..Entry::default()
+        };
+        self.apply(id, op, overwritten);
+        Ok(())
+    }
+
+    /// Renames `id` to `name` (keeping its id, so a concurrent edit follows it).
+    pub fn rename(&mut self, id: EntryId, name: &str) -> Result<(), DirError> {
+        check_name(name)?;
+        let entry = self.entry(id)?;
+        let overwritten = entry.name.dots().chain(entry.alive.dots()).collect();
+        let op = Entry {
+            name: self.reg(name.to_owned()),
+            alive: self.reg(true),
+            ..Entry::default()
+        };
+        self.apply(id, op, overwritten);
+        Ok(())
+    }
+
+    /// Deletes `id`. A concurrent edit or rename of it wins over this.
+    pub fn remove(&mut self, id: EntryId) -> Result<(), DirError> {
+        let overwritten = self.entry(id)?.alive.dots().collect();
+        let op = Entry {
+            alive: self.reg(false),
+            ..Entry::default()
+        };
+        self.apply(id, op, overwritten);
+        Ok(())
+    }
+
+    /// Drops the concurrent content value written at `drop` from `id`, keeping the others (how a
+    /// conflict copy is deleted). The values kept are written again, so every replica ends with
+    /// exactly them; with none left the entry is deleted.
+    pub fn drop_value(&mut self, id: EntryId, drop: Dot) -> Result<(), DirError> {
+        let entry = self.entry(id)?;
+        let dropped = entry.content.0.get(&drop).map(|d| d.value.clone());
+        let mut keep: Vec<Content> = Vec::new();
+        for value in entry.content.0.values() {
+            if Some(&value.value) != dropped.as_ref() && !keep.contains(&value.value) {
+                keep.push(value.value.clone());
+            }
+        }
+        if keep.is_empty() {
+            return self.remove(id);
+        }
+        let overwritten = entry.content.dots().chain(entry.alive.dots()).collect();
+        let mut content = MvReg::default();
+        for value in keep {
+            let dot = self.dot();
+            content.0.insert(dot, self.stamp(value));
+        }
+        let op = Entry {
+            content,
+            alive: self.reg(true),
+            ..Entry::default()
+        };
+        self.apply(id, op, overwritten);
+        Ok(())
+    }
+
+    /// The delta of the whole batch, with the writer's frontier; `None` if nothing changed.
+    pub fn finish(self) -> Option<DirState> {
+        let mut delta = self.delta;
+        if delta.entries.is_empty() {
+            return None;
+        }
+        let frontier = self.state.context.vv.clone();
+        delta.frontiers.insert(self.writer, frontier.clone());
+        self.state
+            .frontiers
+            .entry(self.writer)
+            .or_default()
+            .join(&frontier);
+        Some(delta)
+    }
+}

@@ -1,0 +1,216 @@
+//! The directory CRDT: entries with stable ids, each a set of multi-value registers, under one
+//! causal context (a delta-state "dot store" in the sense of Almeida, Shoker and Baquero).
+//!
+//! A register maps the [`Dot`] of each write to the value written. Joining two states keeps a
+//! value when both have it, or when the other side has not seen its dot; a value the other side
+//! has seen but no longer holds was overwritten there and goes. So sequential writes replace,
+//! concurrent ones are both kept, and joining is commutative, associative and idempotent.
+
+use std::collections::BTreeMap;
+
+use cairn_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::content::Content;
+use crate::context::{CausalContext, Dot, VersionVector};
+use crate::hlc::Hlc;
+
+/// A stable entry id: random at creation; the name is an attribute, so a rename keeps the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntryId(pub [u8; 16]);
+
+impl EntryId {
+    /// The first 8 hex characters, for display.
+    pub fn fmt_short(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A value and the time it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped<T> {
+    /// When it was written (orders concurrent values for display only).
+    pub hlc: Hlc,
+    /// The value.
+    pub value: T,
+}
+
+/// A multi-value register: the values of the writes not yet overwritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MvReg<T>(pub BTreeMap<Dot, Stamped<T>>);
+
+impl<T> Default for MvReg<T> {
+    fn default() -> Self {
+        MvReg(BTreeMap::new())
+    }
+}
+
+impl<T: Clone> MvReg<T> {
+    /// The dots of the current values.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.0.keys().copied()
+    }
+
+    /// Whether the register holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value shown when several are concurrent: latest timestamp, then highest dot.
+    pub fn winner(&self) -> Option<(Dot, &Stamped<T>)> {
+        self.0
+            .iter()
+            .max_by(|a, b| (a.1.hlc, a.0).cmp(&(b.1.hlc, b.0)))
+            .map(|(dot, value)| (*dot, value))
+    }
+
+    /// Joins `other` (under `other_ctx`) into `self` (under `self_ctx`).
+    fn join(&mut self, self_ctx: &CausalContext, other: &MvReg<T>, other_ctx: &CausalContext) {
+        self.0
+            .retain(|dot, _| other.0.contains_key(dot) || !other_ctx.contains(dot));
+        for (dot, value) in &other.0 {
+            if !self.0.contains_key(dot) && !self_ctx.contains(dot) {
+                self.0.insert(*dot, value.clone());
+            }
+        }
+    }
+}
+
+/// One entry: its name, its target and whether it exists, each a multi-value register.
+///
+/// Delete writes `false` to `alive`; an edit or rename writes `true`. A listing shows an entry
+/// when any alive value is `true`, so an edit concurrent with a delete survives it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Entry {
+    /// The entry's name in the directory.
+    pub name: MvReg<String>,
+    /// What it points at.
+    pub content: MvReg<Content>,
+    /// Whether it exists.
+    pub alive: MvReg<bool>,
+}
+
+impl Entry {
+    /// Whether a listing shows the entry.
+    pub fn is_alive(&self) -> bool {
+        self.alive.0.values().any(|v| v.value)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.name.is_empty() && self.content.is_empty() && self.alive.is_empty()
+    }
+
+    /// Every dot the entry holds.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.name
+            .dots()
+            .chain(self.content.dots())
+            .chain(self.alive.dots())
+    }
+}
+
+/// A directory's state, or a delta of it (the same type: a delta is a small state).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DirState {
+    /// Every write this state has seen.
+    pub context: CausalContext,
+    /// The entries, by id.
+    pub entries: BTreeMap<EntryId, Entry>,
+    /// For each writer, what it had seen at its latest write (decides when a deleted entry may
+    /// be forgotten).
+    pub frontiers: BTreeMap<NodeId, VersionVector>,
+}
+
+impl DirState {
+    /// Merges `other` into `self`.
+    pub fn join(&mut self, other: &DirState) {
+        for (id, theirs) in &other.entries {
+            let mine = self.entries.entry(*id).or_default();
+            mine.name.join(&self.context, &theirs.name, &other.context);
+            mine.content
+                .join(&self.context, &theirs.content, &other.context);
+            mine.alive
+                .join(&self.context, &theirs.alive, &other.context);
+        }
+        // Entries `other` lacks lose the values `other` has seen (overwritten there).
+        for (id, mine) in &mut self.entries {
+            if !other.entries.contains_key(id) {
+                let empty = Entry::default();
+                mine.name.join(&self.context, &empty.name, &other.context);
+                mine.content
+                    .join(&self.context, &empty.content, &other.context);
+                mine.alive.join(&self.context, &empty.alive, &other.context);
+            }
+        }
+        self.entries.retain(|_, entry| !entry.is_empty());
+        self.context.join(&other.context);
+        for (writer, frontier) in &other.frontiers {
+            self.frontiers.entry(*writer).or_default().join(frontier);
+        }
+    }
+
+    /// The number of entries a listing shows.
+    pub fn live_len(&self) -> usize {
+        self.entries.values().filter(|e| e.is_alive()).count()
+    }
+
+    /// Forgets deleted entries that no known writer can still edit concurrently: every known
+    /// writer's frontier covers the delete, and this state has seen each writer's writes up to
+    /// its frontier. Returns how many were dropped. Their dots stay in the context, so a replay
+    /// of the old writes cannot bring them back.
+    pub fn collect_garbage(&mut self) -> usize {
+        let writers: Vec<(&NodeId, &VersionVector)> = self.frontiers.iter().collect();
+        let settled = |entry: &Entry| {
+            !entry.is_alive()
+                && entry.alive.dots().all(|dot| {
+                    writers.iter().all(|(writer, frontier)| {
+                        frontier.covers(&dot) && self.context.vv.get(writer) >= frontier.get(writer)
+                    }) && self.frontiers.contains_key(&dot.writer)
+                })
+        };
+        let dead: Vec<EntryId> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| settled(entry))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &dead {
+            self.entries.remove(id);
+        }
+        dead.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_with_an_empty_state_changes_nothing() {
+        let mut a = DirState::default();
+        let dot = Dot {
+            writer: NodeId::from_bytes([1; 32]),
+            counter: 1,
+        };
+        a.context.insert(dot);
+        a.context.compact();
+        a.entries
+            .entry(EntryId([1; 16]))
+            .or_default()
+            .alive
+            .0
+            .insert(
+                dot,
+                Stamped {
+                    hlc: Hlc::default(),
+                    value: true,
+                },
+            );
+        let before = a.clone();
+        a.join(&DirState::default());
+        assert_eq!(a, before);
+        let mut empty = DirState::default();
+        empty.join(&before);
+        assert_eq!(empty, before);
+    }
+}

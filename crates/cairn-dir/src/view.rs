@@ -1,0 +1,185 @@
+//! What a listing shows: one name per value, conflicts made visible.
+//!
+//! Each live entry shows under its name (the latest of concurrent renames). When its content
+//! holds concurrent values, the latest keeps the name and each other shows as
+//! `name.conflict-<writer>-<time>` (writer: first 8 hex characters of its node id; time: UTC,
+//! `YYYYMMDDTHHMMSSZ`). When two entries share a name (created concurrently), the one written
+//! last keeps it and the others get conflict names the same way. Nothing is hidden.
+
+use std::collections::{BTreeMap, HashSet};
+
+use cairn_core::NodeId;
+
+use crate::content::Content;
+use crate::context::Dot;
+use crate::hlc::Hlc;
+use crate::state::{DirState, EntryId};
+
+/// One line of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The name shown (a conflict name for a conflict copy).
+    pub name: String,
+    /// The entry it comes from.
+    pub id: EntryId,
+    /// The dot of the content value shown.
+    pub dot: Dot,
+    /// The value shown.
+    pub content: Content,
+    /// When that value was written (the entry's ctime).
+    pub changed: Hlc,
+    /// Whether this line takes part in a conflict (the name holder or a copy).
+    pub conflict: bool,
+}
+
+/// A directory as shown: lines sorted by name, names unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The lines.
+    pub entries: Vec<Listed>,
+}
+
+/// The conflict name for a value of `name` written by `writer` at `hlc`.
+pub fn conflict_name(name: &str, writer: &NodeId, hlc: Hlc) -> String {
+    let short: String = writer.fmt_short().chars().take(8).collect();
+    format!("{name}.conflict-{short}-{}", utc_stamp(hlc.millis))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for milliseconds since the epoch.
+fn utc_stamp(millis: u64) -> String {
+    let secs = millis / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl Listing {
+    /// The listing of `state`.
+    pub fn of(state: &DirState) -> Listing {
+        // Candidate lines grouped by wanted name; the first of each group is its entry's main line.
+        let mut by_name: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+        for (id, entry) in &state.entries {
+            if !entry.is_alive() {
+                continue;
+            }
+            let name = match entry.name.winner() {
+                Some((_, name)) => name.value.clone(),
+                None => format!("unnamed-{}", id.fmt_short()),
+            };
+            let mut values: Vec<(Dot, &crate::state::Stamped<Content>)> =
+                entry.content.0.iter().map(|(d, v)| (*d, v)).collect();
+            values.sort_by(|a, b| (b.1.hlc, b.0).cmp(&(a.1.hlc, a.0)));
+            let mut distinct: Vec<(Dot, &crate::state::Stamped<Content>)> = Vec::new();
+            for value in values {
+                if !distinct.iter().any(|kept| kept.1.value == value.1.value) {
+                    distinct.push(value);
+                }
+            }
+            let values = distinct;
+            let Some((main_dot, main)) = values.first() else {
+                continue;
+            };
+            let conflict = values.len() > 1 || entry.name.0.len() > 1;
+            by_name.entry(name.clone()).or_default().push(Listed {
+                name: name.clone(),
+                id: *id,
+                dot: *main_dot,
+                content: main.value.clone(),
+                changed: main.hlc,
+                conflict,
+            });
+            for (dot, value) in &values[1..] {
+                by_name.entry(name.clone()).or_default().push(Listed {
+                    name: conflict_name(&name, &dot.writer, value.hlc),
+                    id: *id,
+                    dot: *dot,
+                    content: value.value.clone(),
+                    changed: value.hlc,
+                    conflict: true,
+                });
+            }
+        }
+        let mut lines = Vec::new();
+        for (name, mut group) in by_name {
+            // Main lines holding the plain name: the latest write keeps it.
+            let mut mains: Vec<usize> = (0..group.len())
+                .filter(|&i| group[i].name == name)
+                .collect();
+            mains.sort_by(|&a, &b| {
+                (group[b].changed, group[b].dot).cmp(&(group[a].changed, group[a].dot))
+            });
+            if mains.len() > 1 {
+                for &i in &mains {
+                    group[i].conflict = true;
+                }
+                for &i in &mains[1..] {
+                    let line = &mut group[i];
+                    line.name = conflict_name(&name, &line.dot.writer, line.changed);
+                }
+            }
+            lines.extend(group);
+        }
+        // Conflict names can still meet each other or a real name: make every name unique.
+        lines.sort_by(|a, b| (&a.name, a.id, a.dot).cmp(&(&b.name, b.id, b.dot)));
+        let mut taken: HashSet<String> = HashSet::with_capacity(lines.len());
+        for line in &mut lines {
+            if !taken.insert(line.name.clone()) {
+                let mut n = 1u32;
+                let base = format!("{}-{}", line.name, line.id.fmt_short());
+                let mut candidate = base.clone();
+                while !taken.insert(candidate.clone()) {
+                    n += 1;
+                    candidate = format!("{base}-{n}");
+                }
+                line.name = candidate;
+            }
+        }
+        lines.sort_by(|a, b| a.name.cmp(&b.name));
+        Listing { entries: lines }
+    }
+
+    /// The line named `name`.
+    pub fn get(&self, name: &str) -> Option<&Listed> {
+        self.entries
+            .binary_search_by(|line| line.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Whether any line is part of a conflict.
+    pub fn has_conflicts(&self) -> bool {
+        self.entries.iter().any(|line| line.conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_795_451_552_000), "20261123T163232Z");
+        assert_eq!(utc_stamp(951_782_400_000), "20000229T000000Z");
+    }
+}
