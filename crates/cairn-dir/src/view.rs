@@ -88,7 +88,7 @@ impl Listing {
             };
             let mut values: Vec<(Dot, &crate::state::Stamped<Content>)> =
                 entry.content.0.iter().map(|(d, v)| (*d, v)).collect();
-            values.sort_by(|a, b| (b.1.hlc, b.0).cmp(&(a.1.hlc, a.0)));
+            values.sort_by_key(|v| std::cmp::Reverse((v.1.hlc, v.0)));
             let mut distinct: Vec<(Dot, &crate::state::Stamped<Content>)> = Vec::new();
             for value in values {
                 if !distinct.iter().any(|kept| kept.1.value == value.1.value) {
