@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Encoding;
 use crate::cert::MemberCert;
-use crate::id::{GridId, NodeId, ShareRoot};
+use crate::id::{GridId, NodeId, ShareRoot, SlotId, VersionId};
 
 /// The member protocol.
 pub const ALPN: &[u8] = b"cairn/1";
@@ -38,6 +38,9 @@ pub const MAX_FRAME: usize = 20 * 1024 * 1024;
 pub const MAX_HELD_QUERY: usize = 1024;
 /// The largest roster a message may carry.
 pub const MAX_ROSTER: usize = 4096;
+/// The most version ids a [`Request::GetVersions`] may list as already held, and the most
+/// versions one [`Response::Versions`] may carry.
+pub const MAX_VERSIONS: usize = 4096;
 /// The most addresses one member may announce.
 pub const MAX_ADDRS: usize = 64;
 /// The largest handshake frame ([`Hello`], [`JoinRequest`]): these arrive before the peer is
@@ -145,6 +148,21 @@ pub enum Request {
         #[serde(deserialize_with = "bounded::roster")]
         entries: Vec<RosterEntry>,
     },
+    /// Keep this signed version of a mutable slot (a directory).
+    PutVersion {
+        /// The encoded version (its signature names the slot).
+        #[serde(with = "serde_bytes")]
+        version: Vec<u8>,
+    },
+    /// Send the versions of `slot` a reader lacks: everything reachable from the current heads,
+    /// stopping at versions in `have` and below snapshots.
+    GetVersions {
+        /// The slot.
+        slot: SlotId,
+        /// Versions the reader already has (its heads).
+        #[serde(deserialize_with = "bounded::version_ids")]
+        have: Vec<VersionId>,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -163,6 +181,10 @@ impl fmt::Debug for Request {
             }
             Request::HeldShares { roots } => write!(f, "HeldShares({} roots)", roots.len()),
             Request::Roster { entries } => write!(f, "Roster({} entries)", entries.len()),
+            Request::PutVersion { version } => write!(f, "PutVersion({} B)", version.len()),
+            Request::GetVersions { slot, have } => {
+                write!(f, "GetVersions({}, have {})", slot.fmt_short(), have.len())
+            }
         }
     }
 }
@@ -181,6 +203,8 @@ pub enum Refusal {
     Internal,
     /// The node does not store shares (no storage role).
     NotStorage,
+    /// A slot version whose signature does not verify.
+    InvalidVersion,
 }
 
 impl fmt::Display for Refusal {
@@ -191,6 +215,7 @@ impl fmt::Display for Refusal {
             Refusal::BadRequest => "bad request",
             Refusal::Internal => "internal error on the serving node",
             Refusal::NotStorage => "node does not offer storage",
+            Refusal::InvalidVersion => "version signature does not verify",
         })
     }
 }
@@ -218,6 +243,15 @@ pub enum Response {
     Held(#[serde(deserialize_with = "bounded::held")] Vec<Vec<u8>>),
     /// The answering node's roster.
     Roster(#[serde(deserialize_with = "bounded::roster")] Vec<RosterEntry>),
+    /// Versions of a slot, and the holder's current heads.
+    Versions {
+        /// Encoded versions, oldest first.
+        #[serde(deserialize_with = "bounded::versions")]
+        versions: Vec<serde_bytes::ByteBuf>,
+        /// The holder's heads.
+        #[serde(deserialize_with = "bounded::version_ids")]
+        heads: Vec<VersionId>,
+    },
     /// The request was refused.
     Refused(Refusal),
 }
@@ -230,6 +264,9 @@ impl fmt::Debug for Response {
             Response::NotFound => f.write_str("NotFound"),
             Response::Held(h) => write!(f, "Held({} roots)", h.len()),
             Response::Roster(r) => write!(f, "Roster({} entries)", r.len()),
+            Response::Versions { versions, heads } => {
+                write!(f, "Versions({}, {} heads)", versions.len(), heads.len())
+            }
             Response::Refused(r) => write!(f, "Refused({r:?})"),
         }
     }
@@ -303,8 +340,8 @@ mod bounded {
 
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-    use super::{MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, RosterEntry};
-    use crate::id::ShareRoot;
+    use super::{MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, MAX_VERSIONS, RosterEntry};
+    use crate::id::{ShareRoot, VersionId};
 
     struct BoundedVisitor<T, const N: usize>(PhantomData<T>);
 
@@ -348,6 +385,16 @@ mod bounded {
 
     pub(super) fn held<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         vec::<D, Vec<u8>, MAX_HELD_QUERY>(d)
+    }
+
+    pub(super) fn version_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<VersionId>, D::Error> {
+        vec::<D, VersionId, MAX_VERSIONS>(d)
+    }
+
+    pub(super) fn versions<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<serde_bytes::ByteBuf>, D::Error> {
+        vec::<D, serde_bytes::ByteBuf, MAX_VERSIONS>(d)
     }
 
     pub(super) fn roster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RosterEntry>, D::Error> {
@@ -414,6 +461,9 @@ impl Bounded for Request {
                 range: Some((start, end)),
                 ..
             } => bound(start <= end, "inverted byte range"),
+            Request::GetVersions { have, .. } => {
+                bound(have.len() <= MAX_VERSIONS, "too many version ids")
+            }
             _ => Ok(()),
         }
     }
@@ -424,6 +474,10 @@ impl Bounded for Response {
         match self {
             Response::Held(h) => bound(h.len() <= MAX_HELD_QUERY, "too many roots"),
             Response::Roster(entries) => check_roster(entries),
+            Response::Versions { versions, heads } => bound(
+                versions.len() <= MAX_VERSIONS && heads.len() <= MAX_VERSIONS,
+                "too many versions",
+            ),
             _ => Ok(()),
         }
     }

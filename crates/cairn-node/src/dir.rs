@@ -7,6 +7,7 @@
 //! DIR/secrets/node.key   the node's ed25519 secret (mode 0600)
 //! DIR/secrets/grid.key   the grid key, on admin nodes only (mode 0600)
 //! DIR/secrets/convergence.key  the owner's convergence secret (mode 0600)
+//! DIR/secrets/root.key   the seed of the owner's root directory writecap (mode 0600)
 //! DIR/meta.redb          roster and invites
 //! DIR/store/             shares (cairn-store)
 //! DIR/control.sock       the local control API (mode 0600)
@@ -76,6 +77,11 @@ impl NodeDir {
     /// `secrets/convergence.key`.
     pub fn convergence(&self) -> PathBuf {
         self.secrets().join("convergence.key")
+    }
+
+    /// `secrets/root.key`: the signing seed of the owner's root directory.
+    pub fn root_dir_key(&self) -> PathBuf {
+        self.secrets().join("root.key")
     }
 
     /// `meta.redb`.
@@ -197,7 +203,7 @@ fn ed25519_public(secret: &[u8; 32]) -> [u8; 32] {
     GridKey::from_bytes(secret).grid_id().as_bytes().to_owned()
 }
 
-fn read_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, NodeError> {
+pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| NodeError::io(path, e))?);
     let bytes = Zeroizing::new(
         data_encoding::HEXLOWER_PERMISSIVE
@@ -218,7 +224,7 @@ fn read_secret(path: &Path) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     Ok(out)
 }
 
-fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), NodeError> {
+pub(crate) fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), NodeError> {
     let text = Zeroizing::new(data_encoding::HEXLOWER.encode(bytes) + "\n");
     write_atomic(path, text.as_bytes(), true)
 }

@@ -122,6 +122,35 @@ pub enum NodeError {
     /// A control API exchange failed.
     #[error("control API: {0}")]
     Control(String),
+    /// Directory data was refused (a bad name, a version that does not verify).
+    #[error("{0}")]
+    Dir(#[from] cairn_dir::DirError),
+    /// No holder of a directory answered.
+    #[error("directory {0} is unreachable: none of its holders answered (are the nodes running?)")]
+    DirUnreachable(String),
+    /// The holders offered a directory state older than one this node has seen.
+    #[error(
+        "directory {0}: the holders that answered lack versions this node has already seen (rolled back or still catching up); try again when more nodes are up"
+    )]
+    DirRolledBack(String),
+    /// No entry at a path.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// A path names a file where a directory is needed.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// A path names a directory where a file is needed.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// The name is taken.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A write through a readcap.
+    #[error("{0}: read-only capability (this directory was shared read-only)")]
+    ReadOnly(String),
+    /// A request that makes no sense for its target (moving a directory into itself, ...).
+    #[error("{0}")]
+    Invalid(String),
     /// The node reported an error (its one-line message, passed through).
     #[error("{0}")]
     Remote(String),

@@ -64,6 +64,11 @@ impl Node {
                 });
             }
             Cap::Verify(_) => return Err(NodeError::VerifyCapCannotRead),
+            Cap::DirWrite(_) | Cap::DirRead(_) => {
+                return Err(NodeError::IsADirectory(
+                    "the cap names a directory (use `cairn ls`)".into(),
+                ));
+            }
             Cap::Read(read) => read.clone(),
         };
         let manifest = self.fetch_manifest(&read.root, read.size).await?;

@@ -17,6 +17,7 @@
 mod config;
 pub mod control;
 mod dir;
+mod dirs;
 mod error;
 mod get;
 mod meta;
@@ -24,11 +25,15 @@ mod node;
 mod put;
 mod report;
 pub mod setup;
+mod slots;
+mod tree;
 
 pub use config::{GridConfig, NodeConfig};
 pub use dir::{NodeDir, NodeKeys};
+pub use dirs::{DIR_REPLICAS, DirCap};
 pub use error::NodeError;
 pub use get::GetReport;
 pub use node::{Node, SERVE_DELAY_ENV};
 pub use put::{PutOptions, PutReport};
 pub use report::{CheckReport, ChunkHealth, PeerStatus, StatusReport, StorageStatus};
+pub use tree::{Location, LsEntry, LsReport};

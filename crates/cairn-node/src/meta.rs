@@ -1,4 +1,5 @@
-//! The node's own metadata in redb: the roster of members and the invites it issued.
+//! The node's own metadata in redb: the roster of members and the invites it issued (slot
+//! versions and frontiers live in the same database, see [`crate::slots`]).
 
 use std::path::Path;
 
@@ -32,8 +33,14 @@ impl Meta {
         let txn = db.begin_write()?;
         txn.open_table(ROSTER)?;
         txn.open_table(INVITES)?;
+        crate::slots::create_tables(&txn)?;
         txn.commit()?;
         Ok(Meta { db })
+    }
+
+    /// The database, for the slot tables ([`crate::slots`]).
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
     /// Every roster entry whose certificate the grid key signed (others are dropped).

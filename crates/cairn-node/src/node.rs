@@ -87,7 +87,8 @@ pub(crate) struct Inner {
     pub(crate) keys: NodeKeys,
     pub(crate) id: NodeId,
     pub(crate) store: Arc<dyn ShareStore>,
-    meta: Meta,
+    pub(crate) meta: Meta,
+    pub(crate) dirs: crate::dirs::Dirs,
     roster: RwLock<BTreeMap<NodeId, RosterEntry>>,
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
     net: OnceLock<Net>,
@@ -155,6 +156,7 @@ impl Node {
             id,
             store,
             meta,
+            dirs: crate::dirs::Dirs::default(),
             roster: RwLock::new(roster),
             health: Mutex::new(HashMap::new()),
             net: OnceLock::new(),
@@ -488,6 +490,8 @@ impl Inner {
                 self.merge_roster(entries);
                 Response::Roster(self.roster_entries())
             }
+            Request::PutVersion { version } => self.serve_put_version(peer, version).await,
+            Request::GetVersions { slot, have } => self.serve_get_versions(slot, have).await,
         }
     }
 

@@ -162,6 +162,11 @@ impl Node {
                     healthy: true,
                 });
             }
+            Cap::DirWrite(_) | Cap::DirRead(_) => {
+                return Err(NodeError::Invalid(
+                    "checking a directory is not implemented yet; check its files by cap".into(),
+                ));
+            }
         };
         let fetched = self.inner.fetch_blob(&root).await?;
         let (k, n) = (fetched.header.k, fetched.header.n);

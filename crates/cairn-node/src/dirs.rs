@@ -1,0 +1,471 @@
+//! Directories on the grid: fetching, merging and publishing slot versions.
+//!
+//! A directory's versions live on the first [`DIR_REPLICAS`] storage members in rendezvous order
+//! of its slot id. A read asks them all at once for what it lacks and joins every version it can
+//! verify and open into the state cached in memory; a write joins its delta into that state and
+//! pushes one new version, citing the heads it merged, to the holders. A holder that was offline
+//! catches up from the others ([`Node::sync_slots`]).
+//!
+//! The node remembers, per slot, the heads and version vector it has seen, and refuses a state
+//! that lacks them (a holder rolling a directory back).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_core::id::{ShareRoot, SlotId, VersionId};
+use cairn_core::wire::{Refusal, Request, Response};
+use cairn_core::{DirReadCap, DirWriteCap};
+use cairn_dir::{CausalContext, DirState, Edit, Hlc, Version, VersionBody};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::NodeError;
+use crate::node::{Inner, Member, Node};
+use crate::slots::{self, Frontier};
+
+/// How many holders keep each directory's versions.
+pub const DIR_REPLICAS: usize = 3;
+
+/// A directory capability: writecap or readcap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirCap {
+    /// May read and write.
+    Write(DirWriteCap),
+    /// May only read.
+    Read(DirReadCap),
+}
+
+impl DirCap {
+    /// The readcap.
+    pub fn read_cap(&self) -> DirReadCap {
+        match self {
+            DirCap::Write(w) => w.read_cap(),
+            DirCap::Read(r) => r.clone(),
+        }
+    }
+
+    /// The writecap, if this is one.
+    pub fn write_cap(&self) -> Option<&DirWriteCap> {
+        match self {
+            DirCap::Write(w) => Some(w),
+            DirCap::Read(_) => None,
+        }
+    }
+
+    /// The slot id.
+    pub fn slot(&self) -> SlotId {
+        match self {
+            DirCap::Write(w) => w.slot(),
+            DirCap::Read(r) => r.slot(),
+        }
+    }
+}
+
+/// A directory state as this node knows it, with the heads it descends from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Cached {
+    pub(crate) state: DirState,
+    pub(crate) heads: Vec<VersionId>,
+    pub(crate) depth: u64,
+}
+
+/// The node's directory caches and clock.
+#[derive(Debug, Default)]
+pub(crate) struct Dirs {
+    cache: Mutex<HashMap<SlotId, Arc<Cached>>>,
+    clock: Mutex<Hlc>,
+    /// Serialises this node's edits, so two local commands never race on one state.
+    edit_lock: tokio::sync::Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether every dot of `inner` is in `outer`.
+fn context_within(inner: &CausalContext, outer: &CausalContext) -> bool {
+    inner.vv.0.iter().all(|(writer, &counter)| {
+        let seen = outer.vv.get(writer);
+        seen >= counter
+            || (seen + 1..=counter).all(|c| {
+                outer.contains(&cairn_dir::Dot {
+                    writer: *writer,
+                    counter: c,
+                })
+            })
+    }) && inner.cloud.iter().all(|dot| outer.contains(dot))
+}
+
+fn decode_error(e: cairn_dir::DirError) -> NodeError {
+    NodeError::Dir(e)
+}
+
+impl Inner {
+    /// Storage members that hold `slot`, in rendezvous order.
+    pub(crate) fn slot_holders(&self, slot: &SlotId) -> Vec<Member> {
+        self.ranked(&ShareRoot::from_bytes(*slot.as_bytes()))
+    }
+
+    /// Stores a version this node was sent, after checking its signature.
+    pub(crate) async fn serve_put_version(
+        self: &Arc<Self>,
+        peer: cairn_core::NodeId,
+        bytes: Vec<u8>,
+    ) -> Response {
+        if !self.config.storage {
+            return Response::Refused(Refusal::NotStorage);
+        }
+        let inner = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let version = Version::decode(&bytes).map_err(decode_error)?;
+            slots::put_version(inner.meta.db(), &version)
+        })
+        .await;
+        match result {
+            Ok(Ok(already)) => Response::Stored { already },
+            Ok(Err(NodeError::Dir(e))) => {
+                warn!(peer = %peer.fmt_short(), error = %e, "refusing directory version");
+                Response::Refused(Refusal::InvalidVersion)
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot store directory version");
+                Response::Refused(Refusal::Internal)
+            }
+            Err(_) => Response::Refused(Refusal::Internal),
+        }
+    }
+
+    /// Answers a reader with the versions of `slot` it lacks.
+    pub(crate) async fn serve_get_versions(
+        self: &Arc<Self>,
+        slot: SlotId,
+        have: Vec<VersionId>,
+    ) -> Response {
+        let inner = self.clone();
+        let result =
+            tokio::task::spawn_blocking(move || slots::versions(inner.meta.db(), &slot, &have))
+                .await;
+        match result {
+            Ok(Ok((versions, heads))) => Response::Versions {
+                versions: versions
+                    .into_iter()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                heads,
+            },
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read directory versions");
+                Response::Refused(Refusal::Internal)
+            }
+            Err(_) => Response::Refused(Refusal::Internal),
+        }
+    }
+}
+
+/// Versions gathered from holders, verified, with the holders that answered.
+struct Gathered {
+    versions: Vec<(Version, VersionBody)>,
+    answered: usize,
+}
+
+impl Node {
+    fn cached(&self, slot: &SlotId) -> Option<Arc<Cached>> {
+        let cache = self
+            .inner
+            .dirs
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.get(slot).cloned()
+    }
+
+    fn store_cached(&self, slot: SlotId, cached: Arc<Cached>) {
+        let mut cache = self
+            .inner
+            .dirs
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.insert(slot, cached);
+    }
+
+    fn observe_clock(&self, hlc: Hlc) {
+        let now = now_ms();
+        let mut clock = self
+            .inner
+            .dirs
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let seen = hlc.clamped(now);
+        if seen > *clock {
+            *clock = seen;
+        }
+    }
+
+    fn tick_clock(&self) -> Hlc {
+        let mut clock = self
+            .inner
+            .dirs
+            .clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *clock = clock.next(now_ms());
+        *clock
+    }
+
+    /// Asks the slot's holders for the versions after `have`; verifies and opens each.
+    async fn gather(&self, cap: &DirReadCap, have: &[VersionId]) -> Gathered {
+        let slot = cap.slot();
+        let holders: Vec<Member> = self
+            .inner
+            .slot_holders(&slot)
+            .into_iter()
+            .take(DIR_REPLICAS)
+            .collect();
+        let mut set = JoinSet::new();
+        for holder in holders {
+            let inner = self.inner.clone();
+            let request = Request::GetVersions {
+                slot,
+                have: have.to_vec(),
+            };
+            set.spawn(async move {
+                let answer = inner.request(&holder, &request).await;
+                (holder.id, answer)
+            });
+        }
+        let mut seen: HashSet<VersionId> = HashSet::new();
+        let mut gathered = Gathered {
+            versions: Vec::new(),
+            answered: 0,
+        };
+        while let Some(joined) = set.join_next().await {
+            let Ok((peer, answer)) = joined else { continue };
+            let versions = match answer {
+                Ok(Response::Versions { versions, .. }) => versions,
+                Ok(other) => {
+                    debug!(peer = %peer.fmt_short(), answer = ?other, "holder did not send versions");
+                    continue;
+                }
+                Err(e) => {
+                    debug!(peer = %peer.fmt_short(), error = %e, "holder unreachable");
+                    continue;
+                }
+            };
+            gathered.answered += 1;
+            let cap = cap.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                let mut bad = 0usize;
+                for bytes in versions {
+                    match Version::decode(&bytes).and_then(|v| {
+                        let body = v.open(&cap)?;
+                        Ok((v, body))
+                    }) {
+                        Ok(pair) => out.push(pair),
+                        Err(_) => bad += 1,
+                    }
+                }
+                (out, bad)
+            })
+            .await;
+            let Ok((opened, bad)) = opened else { continue };
+            if bad > 0 {
+                warn!(peer = %peer.fmt_short(), bad, "holder sent directory versions that do not verify; ignoring them");
+                self.inner.note_bad_share(peer);
+            }
+            for (version, body) in opened {
+                if seen.insert(version.id()) {
+                    gathered.versions.push((version, body));
+                }
+            }
+        }
+        gathered
+    }
+
+    /// The directory's current state: the cached state joined with whatever the holders have
+    /// that it lacks.
+    pub(crate) async fn load_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
+        let slot = cap.slot();
+        let cached = self.cached(&slot);
+        let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
+        let gathered = self.gather(cap, &have).await;
+        let mut next: Cached = cached.as_deref().cloned().unwrap_or_default();
+        if gathered.answered == 0 && cached.is_none() {
+            return Err(NodeError::DirUnreachable(slot.fmt_short()));
+        }
+        let mut heads: BTreeSet<VersionId> = next.heads.iter().copied().collect();
+        let mut cited: HashSet<VersionId> = HashSet::new();
+        for (version, body) in &gathered.versions {
+            self.observe_clock(body.hlc);
+            cited.extend(version.parents().iter().copied());
+            let known = heads.contains(&version.id())
+                || context_within(&body.state.context, &next.state.context);
+            if !known {
+                heads.insert(version.id());
+                next.depth = next.depth.max(version.depth());
+            }
+            next.state.join(&body.state);
+        }
+        heads.retain(|h| !cited.contains(h));
+        next.heads = heads.into_iter().collect();
+        let frontier = slots::frontier(self.inner.meta.db(), &slot)?;
+        if let Some(frontier) = &frontier {
+            let seen_all = frontier
+                .seen
+                .0
+                .iter()
+                .all(|(writer, &counter)| next.state.context.max_counter(writer) >= counter);
+            if !seen_all {
+                return Err(NodeError::DirRolledBack(slot.fmt_short()));
+            }
+        }
+        let next = Arc::new(next);
+        self.remember(&slot, &next)?;
+        Ok(next)
+    }
+
+    fn remember(&self, slot: &SlotId, cached: &Arc<Cached>) -> Result<(), NodeError> {
+        let frontier = Frontier {
+            heads: cached.heads.clone(),
+            depth: cached.depth,
+            seen: cached.state.context.vv.clone(),
+        };
+        slots::set_frontier(self.inner.meta.db(), slot, &frontier)?;
+        self.store_cached(*slot, cached.clone());
+        Ok(())
+    }
+
+    /// Pushes one encoded version to the slot's holders: the first [`DIR_REPLICAS`] at once,
+    /// then further ones in rank order for each that failed. Returns how many stored it.
+    async fn push_version(&self, slot: &SlotId, bytes: Vec<u8>) -> usize {
+        let holders = self.inner.slot_holders(slot);
+        let mut stored = 0usize;
+        let mut next = 0usize;
+        let request = Request::PutVersion { version: bytes };
+        while stored < DIR_REPLICAS && next < holders.len() {
+            let want = (DIR_REPLICAS - stored).min(holders.len() - next);
+            let mut set = JoinSet::new();
+            for holder in &holders[next..next + want] {
+                let inner = self.inner.clone();
+                let holder = holder.clone();
+                let request = request.clone();
+                set.spawn(async move { (holder.id, inner.request(&holder, &request).await) });
+            }
+            next += want;
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok((_, Ok(Response::Stored { .. }))) => stored += 1,
+                    Ok((peer, other)) => {
+                        debug!(peer = %peer.fmt_short(), answer = ?other, "holder did not store version");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        stored
+    }
+
+    /// Publishes an empty first version of a new directory, so readers find it.
+    pub(crate) async fn create_dir(&self, cap: &DirWriteCap) -> Result<(), NodeError> {
+        let body = VersionBody {
+            writer: self.id(),
+            hlc: self.tick_clock(),
+            state: DirState::default(),
+        };
+        let version = Version::seal(cap, Vec::new(), 1, true, &body, rand::random());
+        let slot = cap.slot();
+        let id = version.id();
+        if self.push_version(&slot, version.into_bytes()).await == 0 {
+            return Err(NodeError::DirUnreachable(slot.fmt_short()));
+        }
+        let cached = Arc::new(Cached {
+            state: DirState::default(),
+            heads: vec![id],
+            depth: 1,
+        });
+        self.remember(&slot, &cached)
+    }
+
+    /// Loads the directory, runs `change` on an [`Edit`] of it, and publishes the delta as one
+    /// version. Nothing is published, and the cache is unchanged, if `change` fails or no
+    /// holder stores the version.
+    pub(crate) async fn edit_dir<R>(
+        &self,
+        cap: &DirWriteCap,
+        change: impl FnOnce(&mut Edit<'_>) -> Result<R, NodeError>,
+    ) -> Result<R, NodeError> {
+        let _guard = self.inner.dirs.edit_lock.lock().await;
+        let slot = cap.slot();
+        let cached = self.load_dir(&cap.read_cap()).await?;
+        let mut next = (*cached).clone();
+        let hlc = self.tick_clock();
+        let me = self.id();
+        let min_counter = next.state.frontiers.get(&me).map_or(0, |f| f.get(&me));
+        let mut edit = Edit::new(&mut next.state, me, hlc, min_counter);
+        let result = change(&mut edit)?;
+        let Some(delta) = edit.finish() else {
+            return Ok(result);
+        };
+        let body = VersionBody {
+            writer: me,
+            hlc,
+            state: delta,
+        };
+        let depth = next.depth + 1;
+        let version = Version::seal(cap, next.heads.clone(), depth, false, &body, rand::random());
+        let id = version.id();
+        if self.push_version(&slot, version.into_bytes()).await == 0 {
+            return Err(NodeError::DirUnreachable(slot.fmt_short()));
+        }
+        next.heads = vec![id];
+        next.depth = depth;
+        self.remember(&slot, &Arc::new(next))?;
+        Ok(result)
+    }
+
+    /// Brings this node's copies of the slots it holds up to date with the other holders (a
+    /// holder that was offline during an update catches up here). Returns the versions added.
+    pub async fn sync_slots(&self) -> Result<usize, NodeError> {
+        let db_slots = slots::held_slots(self.inner.meta.db())?;
+        let mut added = 0;
+        for slot in db_slots {
+            let have = slots::heads(self.inner.meta.db(), &slot)?;
+            for holder in self
+                .inner
+                .slot_holders(&slot)
+                .into_iter()
+                .take(DIR_REPLICAS + 1)
+            {
+                if holder.id == self.id() {
+                    continue;
+                }
+                let request = Request::GetVersions {
+                    slot,
+                    have: have.clone(),
+                };
+                let Ok(Response::Versions { versions, .. }) =
+                    self.inner.request(&holder, &request).await
+                else {
+                    continue;
+                };
+                for bytes in versions {
+                    match Version::decode(&bytes) {
+                        Ok(version) if version.slot() == slot => {
+                            if !slots::put_version(self.inner.meta.db(), &version)? {
+                                added += 1;
+                            }
+                        }
+                        _ => self.inner.note_bad_share(holder.id),
+                    }
+                }
+            }
+        }
+        Ok(added)
+    }
+}

@@ -1,0 +1,617 @@
+//! Paths over directories: what `ls`, `mkdir`, `put FILE PATH`, `get PATH`, `mv`, `rm`,
+//! `ln -s`, `share` and `attach` do.
+//!
+//! A location is a path in the owner's root (`/photos/2026/a.jpg`; a leading `/` is optional)
+//! or a cap followed by a path (`cairn:dir:1:.../sub/file`). Walking a path loads each
+//! directory on the way; a subdirectory reached through a writecap is writable when its entry
+//! carries its sealed writecap, read-only otherwise.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_core::cap::Cap;
+use cairn_core::{DirWriteCap, SlotId};
+use cairn_dir::{Content, EntryId, Listed, Listing, Meta, check_name};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+use crate::dir::{read_secret, write_secret};
+use crate::dirs::DirCap;
+use crate::node::Node;
+
+/// A parsed location: where the walk starts, and the names below it.
+#[derive(Clone, Debug)]
+pub struct Location {
+    start: Option<Cap>,
+    parts: Vec<String>,
+}
+
+impl Location {
+    /// Parses `text`: a path, or a cap optionally followed by `/path`.
+    pub fn parse(text: &str) -> Result<Location, NodeError> {
+        let text = text.trim();
+        let (start, path) = if text.len() >= 6 && text[..6].eq_ignore_ascii_case("cairn:") {
+            let (cap, rest) = text.split_once('/').unwrap_or((text, ""));
+            (Some(cap.parse::<Cap>()?), rest)
+        } else {
+            (None, text)
+        };
+        let mut parts: Vec<String> = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                name => parts.push(name.to_owned()),
+            }
+        }
+        Ok(Location { start, parts })
+    }
+
+    /// The path part as text (`/a/b`), for messages.
+    pub fn display(&self) -> String {
+        let path = format!("/{}", self.parts.join("/"));
+        match &self.start {
+            Some(cap) => format!(
+                "<{} cap>{}",
+                cap.kind(),
+                if self.parts.is_empty() { "" } else { &path }
+            ),
+            None => path,
+        }
+    }
+
+    fn parent(&self) -> Option<(Location, String)> {
+        let mut parts = self.parts.clone();
+        let name = parts.pop()?;
+        Some((
+            Location {
+                start: self.start.clone(),
+                parts,
+            },
+            name,
+        ))
+    }
+}
+
+/// One line of `ls`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LsEntry {
+    /// The name (a conflict name for a conflict copy).
+    pub name: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Bytes (files), target length (symlinks), 0 (directories).
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// When the entry last changed in the directory, milliseconds since the epoch.
+    pub ctime_ms: u64,
+    /// Whether the line takes part in a conflict.
+    pub conflict: bool,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether a subdirectory is writable from here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
+}
+
+/// What `ls` prints.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LsReport {
+    /// The location listed.
+    pub path: String,
+    /// Whether the directory is writable with the cap used.
+    pub writable: bool,
+    /// The lines, sorted by name.
+    pub entries: Vec<LsEntry>,
+    /// How many lines take part in a conflict.
+    pub conflicts: usize,
+}
+
+/// What a walk ended on.
+enum Target {
+    Dir(DirCap),
+    Other(Content),
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn ls_entry(line: &Listed, parent: &DirCap) -> LsEntry {
+    let meta = line.content.meta();
+    let (kind, target, writable) = match &line.content {
+        Content::File { .. } => ("file", None, false),
+        Content::Dir { write, .. } => {
+            ("dir", None, write.is_some() && parent.write_cap().is_some())
+        }
+        Content::Symlink { target, .. } => ("symlink", Some(target.clone()), false),
+    };
+    LsEntry {
+        name: line.name.clone(),
+        kind: kind.into(),
+        size: line.content.size(),
+        mode: meta.mode,
+        mtime_ns: meta.mtime_ns,
+        ctime_ms: line.changed.millis,
+        conflict: line.conflict,
+        target,
+        writable,
+    }
+}
+
+/// The cap of the subdirectory `content` as reached from `parent`.
+fn child_cap(parent: &DirCap, content: &Content) -> Option<DirCap> {
+    let Content::Dir { read, write, .. } = content else {
+        return None;
+    };
+    match (parent.write_cap(), write) {
+        (Some(parent), Some(sealed)) => match sealed.open(parent, read) {
+            Ok(cap) => Some(DirCap::Write(cap)),
+            Err(_) => Some(DirCap::Read(read.clone())),
+        },
+        _ => Some(DirCap::Read(read.clone())),
+    }
+}
+
+impl Node {
+    /// The owner's root directory (created on first use).
+    pub fn root_dir(&self) -> Result<DirWriteCap, NodeError> {
+        let path = self.dir().root_dir_key();
+        if !path.exists() {
+            write_secret(&path, &rand::random::<[u8; 32]>())?;
+        }
+        Ok(DirWriteCap::from_seed(*read_secret(&path)?))
+    }
+
+    async fn listing(&self, cap: &DirCap) -> Result<Listing, NodeError> {
+        let cached = self.load_dir(&cap.read_cap()).await?;
+        Ok(Listing::of(&cached.state))
+    }
+
+    fn walk_start(&self, location: &Location) -> Result<Target, NodeError> {
+        Ok(match &location.start {
+            None => Target::Dir(DirCap::Write(self.root_dir()?)),
+            Some(Cap::DirWrite(w)) => Target::Dir(DirCap::Write(w.clone())),
+            Some(Cap::DirRead(r)) => Target::Dir(DirCap::Read(r.clone())),
+            Some(Cap::Verify(_)) => return Err(NodeError::VerifyCapCannotRead),
+            Some(cap) => {
+                let file = cairn_dir::FileRef::new(cap.clone())
+                    .ok_or_else(|| NodeError::Invalid("unsupported cap".into()))?;
+                Target::Other(Content::File {
+                    file,
+                    meta: Meta {
+                        mode: 0o644,
+                        mtime_ns: 0,
+                    },
+                })
+            }
+        })
+    }
+
+    /// Walks `location`; returns the target and the slots of the directories passed through.
+    async fn walk(&self, location: &Location) -> Result<(Target, Vec<SlotId>), NodeError> {
+        let mut target = self.walk_start(location)?;
+        let mut passed = Vec::new();
+        for (i, name) in location.parts.iter().enumerate() {
+            let here = || format!("/{}", location.parts[..=i].join("/"));
+            let Target::Dir(dir) = &target else {
+                return Err(NodeError::NotADirectory(format!(
+                    "/{}",
+                    location.parts[..i].join("/")
+                )));
+            };
+            passed.push(dir.slot());
+            let listing = self.listing(dir).await?;
+            let line = listing
+                .get(name)
+                .ok_or_else(|| NodeError::NotFound(here()))?;
+            target = match child_cap(dir, &line.content) {
+                Some(child) => Target::Dir(child),
+                None => Target::Other(line.content.clone()),
+            };
+        }
+        Ok((target, passed))
+    }
+
+    async fn walk_dir(&self, location: &Location) -> Result<(DirCap, Vec<SlotId>), NodeError> {
+        match self.walk(location).await? {
+            (Target::Dir(cap), passed) => Ok((cap, passed)),
+            (Target::Other(_), _) => Err(NodeError::NotADirectory(location.display())),
+        }
+    }
+
+    /// The writable parent directory of `location` and the last name.
+    async fn parent_for_write(
+        &self,
+        location: &Location,
+    ) -> Result<(DirWriteCap, String, Vec<SlotId>), NodeError> {
+        let (parent, name) = location
+            .parent()
+            .ok_or_else(|| NodeError::Invalid(format!("{}: needs a name", location.display())))?;
+        check_name(&name)?;
+        let (dir, passed) = self.walk_dir(&parent).await?;
+        match dir {
+            DirCap::Write(w) => Ok((w, name, passed)),
+            DirCap::Read(_) => Err(NodeError::ReadOnly(parent.display())),
+        }
+    }
+
+    /// Lists the directory at `location` (or the one entry, for a file).
+    pub async fn ls(&self, location: &str) -> Result<LsReport, NodeError> {
+        let location = Location::parse(location)?;
+        match self.walk(&location).await? {
+            (Target::Dir(cap), _) => {
+                let listing = self.listing(&cap).await?;
+                let entries: Vec<LsEntry> =
+                    listing.entries.iter().map(|l| ls_entry(l, &cap)).collect();
+                Ok(LsReport {
+                    path: location.display(),
+                    writable: cap.write_cap().is_some(),
+                    conflicts: entries.iter().filter(|e| e.conflict).count(),
+                    entries,
+                })
+            }
+            (Target::Other(_), _) => {
+                let (parent, name) = location
+                    .parent()
+                    .ok_or_else(|| NodeError::NotADirectory(location.display()))?;
+                let (cap, _) = self.walk_dir(&parent).await?;
+                let listing = self.listing(&cap).await?;
+                let line = listing
+                    .get(&name)
+                    .ok_or_else(|| NodeError::NotFound(location.display()))?;
+                let entry = ls_entry(line, &cap);
+                Ok(LsReport {
+                    path: location.display(),
+                    writable: cap.write_cap().is_some(),
+                    conflicts: usize::from(entry.conflict),
+                    entries: vec![entry],
+                })
+            }
+        }
+    }
+
+    /// Creates the directory at `location` (and missing parents with `parents`).
+    pub async fn mkdir(&self, location: &str, parents: bool) -> Result<(), NodeError> {
+        let location = Location::parse(location)?;
+        if location.parts.is_empty() {
+            return if parents {
+                Ok(())
+            } else {
+                Err(NodeError::AlreadyExists(location.display()))
+            };
+        }
+        let mut cap = match self.walk_start(&location)? {
+            Target::Dir(cap) => cap,
+            Target::Other(_) => return Err(NodeError::NotADirectory(location.display())),
+        };
+        for (i, name) in location.parts.iter().enumerate() {
+            let here = format!("/{}", location.parts[..=i].join("/"));
+            let last = i + 1 == location.parts.len();
+            let listing = self.listing(&cap).await?;
+            if let Some(line) = listing.get(name) {
+                match child_cap(&cap, &line.content) {
+                    Some(child) if !last || parents => {
+                        cap = child;
+                        continue;
+                    }
+                    Some(_) => return Err(NodeError::AlreadyExists(here)),
+                    None => return Err(NodeError::NotADirectory(here)),
+                }
+            }
+            if !last && !parents {
+                return Err(NodeError::NotFound(here));
+            }
+            check_name(name)?;
+            let DirCap::Write(parent) = &cap else {
+                return Err(NodeError::ReadOnly(here));
+            };
+            let child = DirWriteCap::from_seed(rand::random());
+            self.create_dir(&child).await?;
+            let content = Content::dir(
+                parent,
+                &child,
+                rand::random(),
+                Meta {
+                    mode: 0o755,
+                    mtime_ns: now_ns(),
+                },
+            );
+            let name = name.clone();
+            let taken = here.clone();
+            self.edit_dir(parent, move |edit| {
+                if Listing::of(edit.state()).get(&name).is_some() {
+                    return Err(NodeError::AlreadyExists(taken));
+                }
+                edit.create(EntryId(rand::random()), &name, content)?;
+                Ok(())
+            })
+            .await?;
+            cap = DirCap::Write(child);
+        }
+        Ok(())
+    }
+
+    /// Links `content` at `location`. An existing file or symlink there is replaced when
+    /// `replace`; a directory never is.
+    pub async fn link(
+        &self,
+        location: &str,
+        content: Content,
+        replace: bool,
+    ) -> Result<(), NodeError> {
+        self.link_at(&Location::parse(location)?, content, replace)
+            .await
+    }
+
+    async fn link_at(
+        &self,
+        location: &Location,
+        content: Content,
+        replace: bool,
+    ) -> Result<(), NodeError> {
+        let (parent, name, _) = self.parent_for_write(location).await?;
+        let shown = location.display();
+        self.edit_dir(&parent, move |edit| {
+            let existing = Listing::of(edit.state()).get(&name).cloned();
+            match existing {
+                None => edit.create(EntryId(rand::random()), &name, content)?,
+                Some(line) if line.content.is_dir() => {
+                    return Err(NodeError::IsADirectory(shown));
+                }
+                Some(_) if !replace => return Err(NodeError::AlreadyExists(shown)),
+                Some(line) => edit.set_content(line.id, content)?,
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Links many entries into the directory at `location` in one version (what `cp -r` uses).
+    /// Existing files of the same names are replaced; directories are not.
+    pub async fn link_many(
+        &self,
+        location: &str,
+        items: Vec<(String, Content)>,
+    ) -> Result<usize, NodeError> {
+        let location = Location::parse(location)?;
+        for (name, _) in &items {
+            check_name(name)?;
+        }
+        let (dir, _) = self.walk_dir(&location).await?;
+        let DirCap::Write(parent) = dir else {
+            return Err(NodeError::ReadOnly(location.display()));
+        };
+        let shown = location.display();
+        self.edit_dir(&parent, move |edit| {
+            let listing = Listing::of(edit.state());
+            let count = items.len();
+            for (name, content) in items {
+                match listing.get(&name) {
+                    None => edit.create(EntryId(rand::random()), &name, content)?,
+                    Some(line) if line.content.is_dir() => {
+                        return Err(NodeError::IsADirectory(format!("{shown}/{name}")));
+                    }
+                    Some(line) => edit.set_content(line.id, content)?,
+                }
+            }
+            Ok(count)
+        })
+        .await
+    }
+
+    /// Removes the entry at `location`; a directory needs `recursive`.
+    pub async fn rm(&self, location: &str, recursive: bool) -> Result<(), NodeError> {
+        let location = Location::parse(location)?;
+        let (parent, name, _) = self.parent_for_write(&location).await?;
+        let shown = location.display();
+        self.edit_dir(&parent, move |edit| {
+            let listing = Listing::of(edit.state());
+            let line = listing
+                .get(&name)
+                .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
+            if line.content.is_dir() && !recursive {
+                return Err(NodeError::IsADirectory(format!(
+                    "{shown} (use -r to remove a directory)"
+                )));
+            }
+            let copies = listing.entries.iter().filter(|l| l.id == line.id).count();
+            if copies > 1 {
+                // One value of a conflicting entry: drop just that value.
+                edit.drop_value(line.id, line.dot)?;
+            } else {
+                edit.remove(line.id)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates a symlink at `location` pointing at `target`.
+    pub async fn symlink(&self, target: &str, location: &str) -> Result<(), NodeError> {
+        if target.is_empty() || target.contains('\0') || target.len() > 4096 {
+            return Err(NodeError::Invalid(
+                "a symlink target must be 1 to 4096 bytes without NUL".into(),
+            ));
+        }
+        let content = Content::Symlink {
+            target: target.to_owned(),
+            meta: Meta {
+                mode: 0o777,
+                mtime_ns: now_ns(),
+            },
+        };
+        self.link(location, content, false).await
+    }
+
+    /// Moves the entry at `from` to `to` (into `to` when it is a directory).
+    pub async fn mv(&self, from: &str, to: &str) -> Result<(), NodeError> {
+        let from_loc = Location::parse(from)?;
+        let (src_dir, src_name, _) = self.parent_for_write(&from_loc).await?;
+        let listing = self.listing(&DirCap::Write(src_dir.clone())).await?;
+        let line = listing
+            .get(&src_name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(from_loc.display()))?;
+        let mut to_loc = Location::parse(to)?;
+        if let Ok((Target::Dir(_), _)) = self.walk(&to_loc).await {
+            to_loc.parts.push(src_name.clone());
+        }
+        let (dst_dir, dst_name, passed) = self.parent_for_write(&to_loc).await?;
+        if let Some(child) = child_cap(&DirCap::Write(src_dir.clone()), &line.content) {
+            let dst_slot = dst_dir.slot();
+            if passed.contains(&child.slot()) || dst_slot == child.slot() {
+                return Err(NodeError::Invalid(format!(
+                    "cannot move {} into itself",
+                    from_loc.display()
+                )));
+            }
+        }
+        let shown = to_loc.display();
+        if dst_dir.slot() == src_dir.slot() {
+            let id = line.id;
+            return self
+                .edit_dir(&src_dir, move |edit| {
+                    let listing = Listing::of(edit.state());
+                    if let Some(existing) = listing.get(&dst_name) {
+                        if existing.id == id {
+                            return Ok(());
+                        }
+                        if existing.content.is_dir() {
+                            return Err(NodeError::IsADirectory(shown));
+                        }
+                        edit.remove(existing.id)?;
+                    }
+                    edit.rename(id, &dst_name)?;
+                    Ok(())
+                })
+                .await;
+        }
+        // Between directories: add at the destination first, then remove at the source, so a
+        // failure in between leaves the entry in both places, never in neither.
+        let content = match (
+            &line.content,
+            child_cap(&DirCap::Write(src_dir.clone()), &line.content),
+        ) {
+            (Content::Dir { meta, .. }, Some(DirCap::Write(child))) => {
+                Content::dir(&dst_dir, &child, rand::random(), *meta)
+            }
+            (other, _) => other.clone(),
+        };
+        self.link_at(&to_loc, content, true).await?;
+        let id = line.id;
+        let dot = line.dot;
+        let copies = listing.entries.iter().filter(|l| l.id == id).count();
+        self.edit_dir(&src_dir, move |edit| {
+            if copies > 1 {
+                edit.drop_value(id, dot)?;
+            } else {
+                edit.remove(id)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The cap of the entry at `location`: for a directory its readcap, or its writecap with
+    /// `write`; for a file its readcap.
+    pub async fn share(&self, location: &str, write: bool) -> Result<String, NodeError> {
+        let location = Location::parse(location)?;
+        match self.walk(&location).await?.0 {
+            Target::Dir(DirCap::Write(w)) if write => Ok(w.to_string()),
+            Target::Dir(DirCap::Read(_)) if write => Err(NodeError::ReadOnly(location.display())),
+            Target::Dir(cap) => Ok(cap.read_cap().to_string()),
+            Target::Other(Content::File { file, .. }) => {
+                if write {
+                    return Err(NodeError::Invalid(
+                        "files are immutable: --write applies to directories".into(),
+                    ));
+                }
+                Ok(file.cap().to_string())
+            }
+            Target::Other(Content::Symlink { .. }) => Err(NodeError::Invalid(format!(
+                "{} is a symlink; share its target",
+                location.display()
+            ))),
+            Target::Other(Content::Dir { .. }) => Err(NodeError::Invalid("unreachable".into())),
+        }
+    }
+
+    /// Links the file or directory `cap` (from a friend) at `location`.
+    pub async fn attach(&self, cap: &str, location: &str) -> Result<(), NodeError> {
+        let cap: Cap = cap.parse()?;
+        let meta = Meta {
+            mode: if cap.is_dir() { 0o755 } else { 0o644 },
+            mtime_ns: now_ns(),
+        };
+        let content = match cap {
+            Cap::DirWrite(w) => {
+                let location = Location::parse(location)?;
+                let (parent, _, _) = self.parent_for_write(&location).await?;
+                Content::dir(&parent, &w, rand::random(), meta)
+            }
+            Cap::DirRead(read) => Content::Dir {
+                read,
+                write: None,
+                meta,
+            },
+            Cap::Verify(_) => return Err(NodeError::VerifyCapCannotRead),
+            other => Content::File {
+                file: cairn_dir::FileRef::new(other)
+                    .ok_or_else(|| NodeError::Invalid("unsupported cap".into()))?,
+                meta,
+            },
+        };
+        self.link(location, content, false).await
+    }
+
+    /// The file cap at `location` (a cap string passes through).
+    pub async fn resolve_file(&self, location: &str) -> Result<Cap, NodeError> {
+        let parsed = Location::parse(location)?;
+        match self.walk(&parsed).await?.0 {
+            Target::Other(Content::File { file, .. }) => Ok(file.cap()),
+            Target::Other(Content::Symlink { target, .. }) => Err(NodeError::Invalid(format!(
+                "{} is a symlink to {target}",
+                parsed.display()
+            ))),
+            _ => Err(NodeError::IsADirectory(parsed.display())),
+        }
+    }
+
+    /// Every file and directory below `location`, depth first: `(relative path, content)`.
+    /// Directories are visited once (a cycle or a directory linked twice is not followed).
+    pub async fn walk_tree(&self, location: &str) -> Result<Vec<(String, Content)>, NodeError> {
+        let parsed = Location::parse(location)?;
+        let (root, _) = self.walk_dir(&parsed).await?;
+        let mut out = Vec::new();
+        let mut visited: HashSet<SlotId> = HashSet::new();
+        let mut stack = vec![(String::new(), root)];
+        while let Some((prefix, cap)) = stack.pop() {
+            if !visited.insert(cap.slot()) {
+                continue;
+            }
+            let listing = self.listing(&cap).await?;
+            for line in listing.entries {
+                let path = if prefix.is_empty() {
+                    line.name.clone()
+                } else {
+                    format!("{prefix}/{}", line.name)
+                };
+                if let Some(child) = child_cap(&cap, &line.content) {
+                    stack.push((path.clone(), child));
+                }
+                out.push((path, line.content));
+            }
+        }
+        Ok(out)
+    }
+}
