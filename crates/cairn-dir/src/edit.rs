@@ -100,25 +100,67 @@ impl<'a> Edit<'a> {
     /// it if deleted.
     pub fn set_content(&mut self, id: EntryId, content: Content) -> Result<(), DirError> {
         let entry = self.entry(id)?;
-        let overwritten = entry.content.dots().chain(entry.alive.dots()).collect();
+        let mut overwritten: Vec<Dot> = entry.content.dots().chain(entry.alive.dots()).collect();
+        let revived = self.revival(id, &mut overwritten, true, false)?;
         let op = Entry {
+            name: revived.name,
             content: self.reg(content),
             alive: self.reg(true),
-            ..Entry::default()
         };
         self.apply(id, op, overwritten);
         Ok(())
     }
 
-    /// Renames `id` to `name` (keeping its id, so a concurrent edit follows it).
+    /// When `id` is deleted, what a write that brings it back must carry again besides its own
+    /// change: its name (`name`) or its content (`content`) as they were, under fresh dots (the
+    /// dots they overwrite are added to `overwritten`). A replica that has already forgotten
+    /// the deleted entry ([`DirState::collect_garbage`]) receives it whole this way. Nothing for
+    /// a live entry.
+    fn revival(
+        &mut self,
+        id: EntryId,
+        overwritten: &mut Vec<Dot>,
+        name: bool,
+        content: bool,
+    ) -> Result<Entry, DirError> {
+        let entry = self.entry(id)?;
+        if entry.is_alive() {
+            return Ok(Entry::default());
+        }
+        let mut again = Entry::default();
+        if name {
+            again.name = entry.name.clone();
+        }
+        if content {
+            again.content = entry.content.clone();
+        }
+        overwritten.extend(again.dots());
+        again.name = self.redot(again.name);
+        again.content = self.redot(again.content);
+        Ok(again)
+    }
+
+    /// The same values and stamps under fresh dots.
+    fn redot<T>(&mut self, reg: MvReg<T>) -> MvReg<T> {
+        let mut out = MvReg::default();
+        for (_, value) in reg.0 {
+            let dot = self.dot();
+            out.0.insert(dot, value);
+        }
+        out
+    }
+
+    /// Renames `id` to `name` (keeping its id, so a concurrent edit follows it) and revives it if
+    /// deleted.
     pub fn rename(&mut self, id: EntryId, name: &str) -> Result<(), DirError> {
         check_name(name)?;
         let entry = self.entry(id)?;
-        let overwritten = entry.name.dots().chain(entry.alive.dots()).collect();
+        let mut overwritten: Vec<Dot> = entry.name.dots().chain(entry.alive.dots()).collect();
+        let revived = self.revival(id, &mut overwritten, false, true)?;
         let op = Entry {
             name: self.reg(name.to_owned()),
+            content: revived.content,
             alive: self.reg(true),
-            ..Entry::default()
         };
         self.apply(id, op, overwritten);
         Ok(())
@@ -150,16 +192,17 @@ impl<'a> Edit<'a> {
         if keep.is_empty() {
             return self.remove(id);
         }
-        let overwritten = entry.content.dots().chain(entry.alive.dots()).collect();
+        let mut overwritten: Vec<Dot> = entry.content.dots().chain(entry.alive.dots()).collect();
+        let revived = self.revival(id, &mut overwritten, true, false)?;
         let mut content = MvReg::default();
         for value in keep {
             let dot = self.dot();
             content.0.insert(dot, self.stamp(value));
         }
         let op = Entry {
+            name: revived.name,
             content,
             alive: self.reg(true),
-            ..Entry::default()
         };
         self.apply(id, op, overwritten);
         Ok(())

@@ -99,7 +99,9 @@ impl Listing {
             let Some((main_dot, main)) = values.first() else {
                 continue;
             };
-            let conflict = values.len() > 1 || entry.name.0.len() > 1;
+            // Concurrent renames to one name are no conflict; to different names they are.
+            let renamed_apart = entry.name.0.values().any(|n| n.value != name);
+            let conflict = values.len() > 1 || renamed_apart;
             by_name.entry(name.clone()).or_default().push(Listed {
                 name: name.clone(),
                 id: *id,
