@@ -77,6 +77,8 @@ pub(crate) struct Dirs {
     clock: Mutex<Hlc>,
     /// Serialises this node's edits, so two local commands never race on one state.
     edit_lock: tokio::sync::Mutex<()>,
+    /// Test knob: a pause between loading a directory and publishing an edit of it.
+    edit_delay: Mutex<Option<std::time::Duration>>,
 }
 
 fn now_ms() -> u64 {
@@ -403,6 +405,15 @@ impl Node {
         let _guard = self.inner.dirs.edit_lock.lock().await;
         let slot = cap.slot();
         let cached = self.load_dir(&cap.read_cap()).await?;
+        let delay = *self
+            .inner
+            .dirs
+            .edit_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut next = (*cached).clone();
         let hlc = self.tick_clock();
         let me = self.id();
@@ -427,6 +438,32 @@ impl Node {
         next.depth = depth;
         self.remember(&slot, &Arc::new(next))?;
         Ok(result)
+    }
+
+    /// Test knob: pause `delay` between loading a directory and publishing each edit of it,
+    /// so edits on two nodes are truly concurrent.
+    pub fn set_edit_delay(&self, delay: Option<std::time::Duration>) {
+        *self
+            .inner
+            .dirs
+            .edit_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = delay;
+    }
+
+    /// The nodes that hold `slot`'s versions, in rank order (the first [`DIR_REPLICAS`] are
+    /// written to; later ones stand in when those are down).
+    pub fn slot_holders(&self, slot: &SlotId) -> Vec<cairn_core::NodeId> {
+        self.inner
+            .slot_holders(slot)
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// The versions this node holds of `slot`, as a holder (encoded).
+    pub fn held_versions(&self, slot: &SlotId) -> Result<Vec<Vec<u8>>, NodeError> {
+        Ok(slots::versions(self.inner.meta.db(), slot, &[])?.0)
     }
 
     /// Brings this node's copies of the slots it holds up to date with the other holders (a

@@ -305,6 +305,11 @@ impl ShareService for Liar {
                     Response::Held(vec![vec![0, 1, 2, 3, 4]; roots.len()])
                 }
                 Request::Roster { .. } => Response::Roster(vec![]),
+                Request::PutVersion { .. } => Response::Stored { already: false },
+                Request::GetVersions { .. } => Response::Versions {
+                    versions: vec![serde_bytes::ByteBuf::from(random_bytes(3, 500))],
+                    heads: vec![],
+                },
             }
         })
     }
@@ -378,6 +383,19 @@ async fn a_member_serving_garbage_is_skipped() {
             let report = put(&grid, 0, &data).await;
             assert_eq!(get(&grid, 1, &report.cap).await.expect("get"), data);
         }
+        // Directories too: with 6 members the liar holds some of them; its garbage versions
+        // are dropped and the directory reads from the honest holders.
+        let node = grid.node(0);
+        for i in 0..8 {
+            node.mkdir(&format!("/d{i}/sub"), true)
+                .await
+                .expect("mkdir");
+        }
+        let listing = grid
+            .node(2)
+            .ls(&node.share("/", false).await.expect("share"))
+            .await;
+        assert_eq!(listing.expect("ls through the readcap").entries.len(), 8);
         liar.shutdown().await;
         grid.shutdown().await;
     })

@@ -1,0 +1,405 @@
+//! Directories on a real in-process grid: paths, sharing, concurrent writers, faults.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cairn_core::cap::Cap;
+use cairn_core::wire::{Refusal, Request, Response};
+use cairn_core::{DirReadCap, DirWriteCap};
+use cairn_dir::{Content, FileRef, Meta};
+use cairn_node::{LsReport, Node, NodeError, PutOptions};
+use cairn_testkit::{TestGrid, random_bytes};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn put_file(node: &Node, data: &[u8]) -> Content {
+    let report = node
+        .put(std::io::Cursor::new(data.to_vec()), PutOptions::default())
+        .await
+        .expect("put");
+    Content::File {
+        file: FileRef::new(report.cap.parse().expect("cap")).expect("file cap"),
+        meta: Meta {
+            mode: 0o640,
+            mtime_ns: 1_700_000_000_000_000_000,
+        },
+    }
+}
+
+async fn read(node: &Node, path: &str) -> Result<Vec<u8>, NodeError> {
+    let cap = node.resolve_file(path).await?;
+    let mut out = Vec::new();
+    node.get(&cap, &mut out).await?;
+    Ok(out)
+}
+
+fn names(report: &LsReport) -> Vec<&str> {
+    report.entries.iter().map(|e| e.name.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_round_trip_through_the_tree() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0);
+        node.mkdir("/photos/2026", true).await.unwrap();
+        let data = random_bytes(1, 300_000);
+        node.link("/photos/2026/a.jpg", put_file(node, &data).await, false)
+            .await
+            .unwrap();
+        node.link("/photos/small.txt", put_file(node, b"tiny").await, false)
+            .await
+            .unwrap();
+        node.symlink("2026/a.jpg", "/photos/latest").await.unwrap();
+
+        let ls = node.ls("/photos").await.unwrap();
+        assert_eq!(names(&ls), ["2026", "latest", "small.txt"]);
+        assert_eq!(ls.entries[0].kind, "dir");
+        assert_eq!(ls.entries[1].target.as_deref(), Some("2026/a.jpg"));
+        assert_eq!(ls.entries[2].size, 4);
+        assert_eq!(ls.entries[2].mode, 0o640);
+        assert!(ls.entries[2].ctime_ms > 0 && ls.conflicts == 0 && ls.writable);
+        assert_eq!(read(node, "/photos/2026/a.jpg").await.unwrap(), data);
+
+        // Another node of the same owner sees it through a shared writecap.
+        let cap = node.share("/photos", true).await.unwrap();
+        assert!(cap.starts_with("cairn:dir:1:"));
+        let other = grid.node(3);
+        assert_eq!(
+            read(other, &format!("{cap}/2026/a.jpg")).await.unwrap(),
+            data
+        );
+
+        // mv within a directory and between directories; rm.
+        node.mv("/photos/small.txt", "/photos/renamed.txt")
+            .await
+            .unwrap();
+        node.mv("/photos/renamed.txt", "/photos/2026")
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&node.ls("/photos/2026").await.unwrap()),
+            ["a.jpg", "renamed.txt"]
+        );
+        assert_eq!(
+            names(&node.ls("/photos").await.unwrap()),
+            ["2026", "latest"]
+        );
+        assert_eq!(
+            read(node, "/photos/2026/renamed.txt").await.unwrap(),
+            b"tiny"
+        );
+        node.mv("/photos/2026", "/archive").await.unwrap();
+        assert_eq!(read(node, "/archive/a.jpg").await.unwrap(), data);
+        assert!(matches!(
+            node.mv("/archive", "/archive/inner").await,
+            Err(NodeError::Invalid(_))
+        ));
+        node.rm("/archive/renamed.txt", false).await.unwrap();
+        assert_eq!(names(&node.ls("/archive").await.unwrap()), ["a.jpg"]);
+
+        // Errors, each clean.
+        let err = |r: Result<(), NodeError>| r.unwrap_err().to_string();
+        assert!(matches!(
+            node.ls("/nope").await,
+            Err(NodeError::NotFound(_))
+        ));
+        assert!(matches!(
+            node.ls("/archive/a.jpg/x").await,
+            Err(NodeError::NotADirectory(_))
+        ));
+        assert!(matches!(
+            node.rm("/archive", false).await,
+            Err(NodeError::IsADirectory(_))
+        ));
+        assert!(matches!(
+            node.resolve_file("/archive").await,
+            Err(NodeError::IsADirectory(_))
+        ));
+        assert!(matches!(
+            node.mkdir("/archive", false).await,
+            Err(NodeError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            node.mkdir("/x/y", false).await,
+            Err(NodeError::NotFound(_))
+        ));
+        for bad in ["/a\0b", &format!("/{}", "n".repeat(256))] {
+            let e = err(node.mkdir(bad, false).await);
+            assert!(e.starts_with("invalid name"), "{e}");
+        }
+        assert!(Node::ls(node, "cairn:dir:1:zz").await.is_err());
+        node.rm("/archive", true).await.unwrap();
+        assert_eq!(names(&node.ls("/").await.unwrap()), ["photos"]);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readcap_lists_but_never_writes() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let owner = grid.node(0);
+        owner.mkdir("/shared/sub", true).await.unwrap();
+        owner
+            .link("/shared/f", put_file(owner, b"hello friend").await, false)
+            .await
+            .unwrap();
+        let read_cap = owner.share("/shared", false).await.unwrap();
+        assert!(read_cap.starts_with("cairn:dir-ro:1:"));
+        let friend = grid.node(2);
+        friend.attach(&read_cap, "/from-owner").await.unwrap();
+        let ls = friend.ls("/from-owner").await.unwrap();
+        assert!(!ls.writable);
+        assert_eq!(names(&ls), ["f", "sub"]);
+        assert!(!ls.entries[1].writable);
+        assert_eq!(
+            read(friend, "/from-owner/f").await.unwrap(),
+            b"hello friend"
+        );
+        let refusals = [
+            friend.mkdir("/from-owner/new", false).await,
+            friend.rm("/from-owner/f", false).await,
+            friend.mkdir("/from-owner/sub/deeper", false).await,
+            friend.symlink("x", &format!("{read_cap}/link")).await,
+        ];
+        for refusal in refusals {
+            let e = refusal.unwrap_err().to_string();
+            assert!(e.contains("read-only capability"), "{e}");
+        }
+        assert!(
+            friend
+                .share("/from-owner", true)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("read-only")
+        );
+        // Nothing changed.
+        assert_eq!(names(&owner.ls("/shared").await.unwrap()), ["f", "sub"]);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_merge_without_loss() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let (a, b) = (grid.node(0), grid.node(1));
+        a.mkdir("/team", false).await.unwrap();
+        let cap = a.share("/team", true).await.unwrap();
+        b.attach(&cap, "/team").await.unwrap();
+        a.link("/team/edit-me", put_file(a, b"v1").await, false)
+            .await
+            .unwrap();
+        a.link("/team/delete-me", put_file(a, b"old").await, false)
+            .await
+            .unwrap();
+        a.link("/team/rename-me", put_file(a, b"r1").await, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&b.ls("/team").await.unwrap()),
+            ["delete-me", "edit-me", "rename-me"]
+        );
+
+        let fa = put_file(a, b"from a").await;
+        let fb = put_file(b, b"from b").await;
+        let (ea, eb) = (
+            put_file(a, b"edit by a").await,
+            put_file(b, b"edit by b").await,
+        );
+        let keep = put_file(b, b"kept edit").await;
+        let r2 = put_file(b, b"r2").await;
+        // Each edit loads, waits, then publishes: the two writers never see each other's
+        // pending edit, so every pair below is truly concurrent.
+        a.set_edit_delay(Some(Duration::from_millis(400)));
+        b.set_edit_delay(Some(Duration::from_millis(400)));
+        let (ra, rb) = tokio::join!(
+            async {
+                a.link("/team/only-a", fa.clone(), false).await?;
+                a.link("/team/same", ea.clone(), false).await?;
+                a.link("/team/edit-me", ea.clone(), true).await?;
+                a.rm("/team/delete-me", false).await?;
+                a.mv("/team/rename-me", "/team/renamed").await
+            },
+            async {
+                b.link("/team/only-b", fb.clone(), false).await?;
+                b.link("/team/same", eb.clone(), false).await?;
+                b.link("/team/edit-me", eb.clone(), true).await?;
+                b.link("/team/delete-me", keep.clone(), true).await?;
+                b.link("/team/rename-me", r2.clone(), true).await
+            }
+        );
+        ra.unwrap();
+        rb.unwrap();
+        a.set_edit_delay(None);
+        b.set_edit_delay(None);
+        let la = a.ls("/team").await.unwrap();
+        let lb = b.ls("/team").await.unwrap();
+        assert_eq!(
+            la.entries, lb.entries,
+            "both writers see the same merged directory"
+        );
+        let n = names(&la);
+        let conflict_names: Vec<&&str> = n.iter().filter(|x| x.contains(".conflict-")).collect();
+        assert_eq!(conflict_names.len(), 2, "{n:?}");
+        assert!(
+            conflict_names
+                .iter()
+                .any(|x| x.starts_with("same.conflict-")),
+            "{n:?}"
+        );
+        assert!(
+            conflict_names
+                .iter()
+                .any(|x| x.starts_with("edit-me.conflict-")),
+            "{n:?}"
+        );
+        for name in [
+            "only-a",
+            "only-b",
+            "same",
+            "edit-me",
+            "delete-me",
+            "renamed",
+        ] {
+            assert!(n.contains(&name), "{name} missing from {n:?}");
+        }
+        assert!(!n.contains(&"rename-me"), "{n:?}");
+        assert_eq!(la.conflicts, 4, "{la:?}");
+        // An edit survives a concurrent delete; a rename and a concurrent edit both apply.
+        assert_eq!(read(a, "/team/delete-me").await.unwrap(), b"kept edit");
+        assert_eq!(read(a, "/team/renamed").await.unwrap(), b"r2");
+        // Both concurrent values of each contested name are kept.
+        let mut values = Vec::new();
+        for name in &n {
+            values.push(read(a, &format!("/team/{name}")).await.unwrap());
+        }
+        for value in [&b"edit by a"[..], b"edit by b"] {
+            assert_eq!(
+                values.iter().filter(|c| c.as_slice() == value).count(),
+                2,
+                "{value:?}"
+            );
+        }
+        // A later write replaces every value: the conflict is resolved, with no new one.
+        a.link("/team/edit-me", put_file(a, b"final").await, true)
+            .await
+            .unwrap();
+        let conflict_copy = conflict_names
+            .iter()
+            .find(|x| x.starts_with("same."))
+            .unwrap()
+            .to_string();
+        b.rm(&format!("/team/{conflict_copy}"), false)
+            .await
+            .unwrap();
+        let la = a.ls("/team").await.unwrap();
+        assert_eq!(la.conflicts, 0, "{la:?}");
+        assert_eq!(la.entries, b.ls("/team").await.unwrap().entries);
+        assert_eq!(read(b, "/team/edit-me").await.unwrap(), b"final");
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_survive_holders_down_and_refuse_forgeries() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        let writer = grid.node(0).clone();
+        writer.mkdir("/d", false).await.unwrap();
+        let cap: DirWriteCap = writer.share("/d", true).await.unwrap().parse().unwrap();
+        let slot = cap.slot();
+        let holders = writer.slot_holders(&slot);
+        let ids: Vec<_> = (0..5).map(|i| grid.node(i).id()).collect();
+        let holder_index: Vec<usize> = holders[..3]
+            .iter()
+            .map(|h| ids.iter().position(|id| id == h).unwrap())
+            .collect();
+        // Stop two of the three holders (never the writer itself).
+        let down: Vec<usize> = holder_index
+            .iter()
+            .copied()
+            .filter(|&i| i != 0)
+            .take(2)
+            .collect();
+        for &i in &down {
+            grid.stop(i).await;
+        }
+        let writer = grid.node(0).clone();
+        writer
+            .link("/d/while-down", put_file(&writer, b"x").await, false)
+            .await
+            .unwrap();
+        assert_eq!(names(&writer.ls("/d").await.unwrap()), ["while-down"]);
+        // The holders come back and catch up from the others.
+        for &i in &down {
+            grid.restart(i).await;
+        }
+        for &i in &down {
+            grid.node(i).sync_slots().await.unwrap();
+        }
+        let reader = grid.node(holder_index[0]);
+        let fresh = grid.node(down[0]);
+        assert!(!fresh.held_versions(&slot).unwrap().is_empty());
+        assert_eq!(
+            names(&reader.ls(&cap.to_string()).await.unwrap()),
+            ["while-down"]
+        );
+
+        // A forged version (signed by another key, or altered) is refused by a holder.
+        let holder = grid.node(down[0]);
+        let held = holder.held_versions(&slot).unwrap();
+        let mut tampered = held[held.len() - 1].clone();
+        let last = tampered.len() - 10;
+        tampered[last] ^= 1;
+        let answer = writer
+            .net()
+            .request(
+                holder.id(),
+                &holder.addrs(),
+                &Request::PutVersion { version: tampered },
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, Response::Refused(Refusal::InvalidVersion));
+        // A replayed old version is accepted as already held and changes nothing.
+        let answer = writer
+            .net()
+            .request(
+                holder.id(),
+                &holder.addrs(),
+                &Request::PutVersion {
+                    version: held[0].clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, Response::Stored { already: true });
+        assert_eq!(
+            names(&reader.ls(&cap.to_string()).await.unwrap()),
+            ["while-down"]
+        );
+        // A readcap of another directory cannot read this one's versions.
+        let other: DirReadCap = DirWriteCap::from_seed([9; 32]).read_cap();
+        assert!(
+            writer
+                .ls(&Cap::DirRead(other).to_string())
+                .await
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
