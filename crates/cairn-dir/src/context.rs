@@ -10,12 +10,38 @@ use cairn_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// One write: the writer's node id and its counter (from 1).
+///
+/// Decoding refuses counter 0: every context "contains" it (it is below every version vector),
+/// so a value written at it would show in the state that carries it and vanish from any state
+/// it is joined into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "DotRepr")]
 pub struct Dot {
     /// The node that wrote.
     pub writer: NodeId,
     /// The writer's counter for this write (1, 2, 3, ...).
     pub counter: u64,
+}
+
+/// Serde form of a [`Dot`] before its counter is checked.
+#[derive(Deserialize)]
+struct DotRepr {
+    writer: NodeId,
+    counter: u64,
+}
+
+impl TryFrom<DotRepr> for Dot {
+    type Error = &'static str;
+
+    fn try_from(repr: DotRepr) -> Result<Dot, Self::Error> {
+        if repr.counter == 0 {
+            return Err("dot counter 0");
+        }
+        Ok(Dot {
+            writer: repr.writer,
+            counter: repr.counter,
+        })
+    }
 }
 
 /// For each writer, the highest counter up to which every write has been seen.
@@ -129,5 +155,13 @@ mod tests {
         assert!(ctx.cloud.is_empty());
         assert_eq!(ctx.vv.get(&NodeId::from_bytes([1; 32])), 3);
         assert_eq!(ctx.max_counter(&NodeId::from_bytes([2; 32])), 0);
+    }
+
+    #[test]
+    fn a_dot_with_counter_zero_does_not_decode() {
+        let bytes = postcard::to_stdvec(&dot(1, 5)).unwrap();
+        assert_eq!(postcard::from_bytes::<Dot>(&bytes).unwrap(), dot(1, 5));
+        let zero = postcard::to_stdvec(&dot(1, 0)).unwrap();
+        assert!(postcard::from_bytes::<Dot>(&zero).is_err());
     }
 }
