@@ -36,4 +36,4 @@ pub use hlc::{Hlc, MAX_FUTURE_MS};
 pub use name::{MAX_NAME_LEN, check_name};
 pub use state::{DirState, Entry, EntryId, MvReg, Stamped};
 pub use version::{MAX_PARENTS, Version, VersionBody};
-pub use view::{Listed, Listing, conflict_name};
+pub use view::{Listed, Listing, conflict_name, utc_minutes};

@@ -59,6 +59,18 @@ fn utc_stamp(millis: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DD HH:MM` (UTC) for milliseconds since the epoch, for listings.
+pub fn utc_minutes(millis: u64) -> String {
+    let secs = millis / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use cairn_core::cap::Cap;
+use cairn_dir::{Content, FileRef, Meta};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,7 +26,7 @@ use tracing::{debug, warn};
 use crate::NodeError;
 use crate::dir::NodeDir;
 use crate::node::Node;
-use crate::put::PutOptions;
+use crate::put::{PutOptions, PutReport};
 
 const TAG_JSON: u8 = b'J';
 const TAG_DATA: u8 = b'D';
@@ -45,11 +46,79 @@ pub enum ControlRequest {
     Put {
         /// Random keys instead of convergent ones.
         private: bool,
+        /// Where to link the file in the tree (a directory, or `dir/` + `name`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// The local file's name, used when `path` is a directory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The local file's mode and mtime.
+        #[serde(default)]
+        meta: FileMeta,
     },
-    /// Send the file named by the cap.
+    /// Send the file named by the cap or path.
     Get {
+        /// The cap, or a path in the tree (`/a/b`, `CAP/a/b`).
+        cap: String,
+    },
+    /// List a directory.
+    Ls {
+        /// Path or cap.
+        path: String,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Path.
+        path: String,
+        /// Create missing parents; an existing directory is fine.
+        parents: bool,
+    },
+    /// Remove an entry.
+    Rm {
+        /// Path.
+        path: String,
+        /// Allow removing a directory.
+        recursive: bool,
+    },
+    /// Move or rename an entry.
+    Mv {
+        /// From.
+        from: String,
+        /// To (into it, when it is a directory).
+        to: String,
+    },
+    /// Create a symlink.
+    Symlink {
+        /// The link's target text.
+        target: String,
+        /// Where to create it.
+        path: String,
+    },
+    /// Print the cap of an entry.
+    Share {
+        /// Path.
+        path: String,
+        /// The writecap of a directory instead of its readcap.
+        write: bool,
+    },
+    /// Link a cap into the tree.
+    Attach {
         /// The cap.
         cap: String,
+        /// Where.
+        path: String,
+    },
+    /// Link many files into one directory in one version.
+    LinkMany {
+        /// The directory.
+        path: String,
+        /// The files.
+        items: Vec<LinkItem>,
+    },
+    /// Every entry below a directory.
+    Walk {
+        /// The directory.
+        path: String,
     },
     /// Count the shares of the file named by the cap.
     Check {
@@ -65,6 +134,45 @@ pub enum ControlRequest {
     Gossip,
     /// Stop the node.
     Stop,
+}
+
+/// A local file's mode and modification time, as sent by the CLI.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Unix permission bits (0: use 0644).
+    pub mode: u32,
+    /// Modification time, ns since the epoch (0: now).
+    pub mtime_ns: i64,
+}
+
+/// One file for [`ControlRequest::LinkMany`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkItem {
+    /// Name in the directory.
+    pub name: String,
+    /// The file's cap.
+    pub cap: String,
+    /// Mode and mtime.
+    pub meta: FileMeta,
+}
+
+/// One entry of a [`ControlRequest::Walk`] answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// Path relative to the walked directory.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// A file's cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<String>,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Mode and mtime.
+    pub meta: FileMeta,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// The node's answer.
@@ -206,13 +314,131 @@ async fn handle(node: Node, mut stream: UnixStream, stop: CancellationToken) -> 
             stop.cancel();
             reply(Ok(()))
         }
-        ControlRequest::Put { private } => handle_put(&node, &mut stream, private).await,
+        ControlRequest::Put {
+            private,
+            path,
+            name,
+            meta,
+        } => {
+            let put = handle_put(&node, &mut stream, private).await;
+            match path {
+                Some(path) => link_put(&node, put, &path, name.as_deref(), meta).await,
+                None => reply(put),
+            }
+        }
         ControlRequest::Get { cap } => return handle_get(&node, stream, &cap).await,
+        ControlRequest::Ls { path } => reply(node.ls(&path).await),
+        ControlRequest::Mkdir { path, parents } => reply(node.mkdir(&path, parents).await),
+        ControlRequest::Rm { path, recursive } => reply(node.rm(&path, recursive).await),
+        ControlRequest::Mv { from, to } => reply(node.mv(&from, &to).await),
+        ControlRequest::Symlink { target, path } => reply(node.symlink(&target, &path).await),
+        ControlRequest::Share { path, write } => reply(node.share(&path, write).await),
+        ControlRequest::Attach { cap, path } => reply(node.attach(&cap, &path).await),
+        ControlRequest::LinkMany { path, items } => reply(link_many(&node, &path, items).await),
+        ControlRequest::Walk { path } => reply(walk(&node, &path).await),
     };
     write_json(&mut stream, &answer).await
 }
 
-async fn handle_put(node: &Node, stream: &mut UnixStream, private: bool) -> ControlReply {
+fn file_meta(meta: FileMeta) -> Meta {
+    Meta {
+        mode: if meta.mode == 0 {
+            0o644
+        } else {
+            meta.mode & 0o7777
+        },
+        mtime_ns: if meta.mtime_ns == 0 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0)
+        } else {
+            meta.mtime_ns
+        },
+    }
+}
+
+fn file_content(cap: &str, meta: FileMeta) -> Result<Content, NodeError> {
+    let cap: Cap = cap.parse()?;
+    let file = FileRef::new(cap)
+        .ok_or_else(|| NodeError::Invalid("only file caps can be linked as files".into()))?;
+    Ok(Content::File {
+        file,
+        meta: file_meta(meta),
+    })
+}
+
+/// Links a finished put at `path`; the reply carries the put report and the final path.
+async fn link_put(
+    node: &Node,
+    put: Result<PutReport, NodeError>,
+    path: &str,
+    name: Option<&str>,
+    meta: FileMeta,
+) -> ControlReply {
+    let linked = async {
+        let report = put?;
+        let content = file_content(&report.cap, meta)?;
+        let path = node.link_file(path, name, content).await?;
+        Ok::<_, NodeError>(serde_json::json!({ "put": report, "path": path }))
+    };
+    reply(linked.await)
+}
+
+async fn link_many(node: &Node, path: &str, items: Vec<LinkItem>) -> Result<usize, NodeError> {
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        entries.push((item.name, file_content(&item.cap, item.meta)?));
+    }
+    node.link_many(path, entries).await
+}
+
+async fn walk(node: &Node, path: &str) -> Result<Vec<TreeEntry>, NodeError> {
+    let entries = node.walk_tree(path).await?;
+    Ok(entries
+        .into_iter()
+        .map(|(path, content)| {
+            let meta = content.meta();
+            let meta = FileMeta {
+                mode: meta.mode,
+                mtime_ns: meta.mtime_ns,
+            };
+            let size = content.size();
+            match content {
+                Content::File { file, .. } => TreeEntry {
+                    path,
+                    kind: "file".into(),
+                    cap: Some(file.cap().to_string()),
+                    target: None,
+                    meta,
+                    size,
+                },
+                Content::Dir { .. } => TreeEntry {
+                    path,
+                    kind: "dir".into(),
+                    cap: None,
+                    target: None,
+                    meta,
+                    size,
+                },
+                Content::Symlink { target, .. } => TreeEntry {
+                    path,
+                    kind: "symlink".into(),
+                    cap: None,
+                    target: Some(target),
+                    meta,
+                    size,
+                },
+            }
+        })
+        .collect())
+}
+
+async fn handle_put(
+    node: &Node,
+    stream: &mut UnixStream,
+    private: bool,
+) -> Result<PutReport, NodeError> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let (mut read_half, _write_half) = stream.split();
     let pump = async move {
@@ -246,13 +472,19 @@ async fn handle_put(node: &Node, stream: &mut UnixStream, private: bool) -> Cont
     if let Err(e) = &result {
         warn!(error = %e, "put failed");
     }
-    reply(result)
+    result
 }
 
 async fn handle_get(node: &Node, mut stream: UnixStream, cap: &str) -> io::Result<()> {
-    let cap = match cap.parse::<Cap>() {
+    let is_cap = cap.trim().to_ascii_lowercase().starts_with("cairn:") && !cap.contains('/');
+    let cap = if is_cap {
+        cap.parse::<Cap>().map_err(NodeError::from)
+    } else {
+        node.resolve_file(cap).await
+    };
+    let cap = match cap {
         Ok(c) => c,
-        Err(e) => return write_json(&mut stream, &reply::<()>(Err(e.into()))).await,
+        Err(e) => return write_json(&mut stream, &reply::<()>(Err(e))).await,
     };
     let (mut pipe_in, mut pipe_out) = tokio::io::duplex(DATA_FRAME);
     let (_read_half, mut write_half) = stream.split();
@@ -326,15 +558,15 @@ impl ControlClient {
         self.read_reply().await
     }
 
-    /// Streams `data` to the node for a put; `progress` is called with the bytes sent so far.
+    /// Streams `data` to the node for a put (`request` is a [`ControlRequest::Put`]); `progress`
+    /// is called with the bytes sent so far.
     pub async fn put<R: AsyncRead + Unpin>(
         mut self,
+        request: &ControlRequest,
         mut data: R,
-        private: bool,
         mut progress: impl FnMut(u64),
     ) -> Result<Value, NodeError> {
-        let request = ControlRequest::Put { private };
-        write_json(&mut self.stream, &request)
+        write_json(&mut self.stream, request)
             .await
             .map_err(|e| NodeError::Control(e.to_string()))?;
         let mut buf = vec![0u8; DATA_FRAME];

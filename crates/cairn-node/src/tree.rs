@@ -376,6 +376,28 @@ impl Node {
         .await
     }
 
+    /// Links a file at `location`, or at `location/name` when `location` is a directory or ends
+    /// in `/`; replaces a file already there. Returns the path linked.
+    pub async fn link_file(
+        &self,
+        location: &str,
+        name: Option<&str>,
+        content: Content,
+    ) -> Result<String, NodeError> {
+        let mut parsed = Location::parse(location)?;
+        let into_dir = location.trim_end().ends_with('/')
+            || parsed.parts.is_empty()
+            || matches!(self.walk(&parsed).await, Ok((Target::Dir(_), _)));
+        if into_dir {
+            let name = name.ok_or_else(|| {
+                NodeError::IsADirectory(format!("{} (give the file a name)", parsed.display()))
+            })?;
+            parsed.parts.push(name.to_owned());
+        }
+        self.link_at(&parsed, content, true).await?;
+        Ok(parsed.display())
+    }
+
     /// Links many entries into the directory at `location` in one version (what `cp -r` uses).
     /// Existing files of the same names are replaced; directories are not.
     pub async fn link_many(

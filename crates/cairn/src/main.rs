@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod quickstart;
 mod size;
+mod tree;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cairn_core::Encoding;
 use cairn_core::cap::Cap;
-use cairn_node::control::{ControlClient, ControlRequest};
+use cairn_node::control::{ControlClient, ControlRequest, FileMeta};
 use cairn_node::setup::{self, InitOptions};
 use cairn_node::{CheckReport, Node, NodeDir, PutReport, StatusReport};
 use clap::{Args, Parser, Subcommand};
@@ -107,10 +108,12 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Store a file in the grid; prints its readcap (last line).
+    /// Store a file in the grid; prints its readcap (last line), and links it at PATH if given.
     Put {
         /// The file to store ("-" for standard input).
         file: PathBuf,
+        /// Where to link it in your tree (`/docs/a.txt`, or a directory `/docs/`).
+        path: Option<String>,
         #[command(flatten)]
         dir: DirArg,
         /// Use random keys: nobody can tell you hold this file by putting it themselves.
@@ -119,9 +122,9 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Fetch a file by its cap.
+    /// Fetch a file by its cap or path.
     Get {
-        /// The file's readcap.
+        /// The file's readcap, or its path (`/docs/a.txt`, `DIRCAP/a.txt`).
         cap: String,
         /// Where to write it ("-" for standard output).
         #[arg(short, long)]
@@ -142,6 +145,93 @@ enum Command {
     Check {
         /// A readcap or verifycap.
         cap: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List a directory (your root by default).
+    Ls {
+        /// Path or cap.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: kind, mode, size, mtime, and conflicts.
+        #[arg(short, long)]
+        long: bool,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Path.
+        path: String,
+        /// Create missing parents; no error if it exists.
+        #[arg(short, long)]
+        parents: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Remove a file, symlink, or (with -r) directory.
+    Rm {
+        /// Path.
+        path: String,
+        /// Remove a directory and everything below it.
+        #[arg(short, long)]
+        recursive: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Move or rename (into DEST when it is a directory).
+    Mv {
+        /// Source path.
+        source: String,
+        /// Destination path.
+        dest: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Make a link (only symbolic links: `ln -s TARGET PATH`).
+    Ln {
+        /// Make a symbolic link (required).
+        #[arg(short = 's', long = "symbolic")]
+        symbolic: bool,
+        /// What the link points at.
+        target: String,
+        /// Where to create it.
+        path: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Print the cap of a file or directory to hand to a friend (readcap unless --write).
+    Share {
+        /// Path.
+        path: String,
+        /// A directory's writecap: whoever holds it can change the directory.
+        #[arg(long)]
+        write: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Link a cap someone shared with you into your tree.
+    Attach {
+        /// The cap.
+        cap: String,
+        /// The path to link it at.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Copy directory trees between this machine and the grid (`cairn:` marks the grid side).
+    Cp {
+        /// Copy directories recursively (required for directories).
+        #[arg(short, long)]
+        recursive: bool,
+        /// Source: a local path, or `cairn:/path` / a cap.
+        source: String,
+        /// Destination: a local path, or `cairn:/path` / a cap.
+        dest: String,
         #[command(flatten)]
         dir: DirArg,
         #[command(flatten)]
@@ -287,21 +377,87 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Put {
             file,
+            path,
             dir,
             private,
             json,
         } => {
-            let report = put_file(&NodeDir::new(dir.dir), &file, private, !json.json).await?;
+            let (report, linked) =
+                put_file(&NodeDir::new(dir.dir), &file, path, private, !json.json).await?;
             if json.json {
-                print_json(&report)?;
+                let mut value = serde_json::to_value(&report)?;
+                if let (Some(path), Some(map)) = (&linked, value.as_object_mut()) {
+                    map.insert("path".into(), Value::String(path.clone()));
+                }
+                print_json(&value)?;
             } else {
                 for w in &report.warnings {
                     eprintln!("warning: {w}");
+                }
+                if let Some(path) = linked {
+                    eprintln!("linked at {path}");
                 }
                 outln!("{}", report.cap);
             }
             Ok(())
         }
+        Command::Ls {
+            path,
+            long,
+            dir,
+            json,
+        } => tree::ls(&dir.dir, &path, long, json.json).await,
+        Command::Mkdir { path, parents, dir } => {
+            call(&dir.dir, &ControlRequest::Mkdir { path, parents }).await?;
+            Ok(())
+        }
+        Command::Rm {
+            path,
+            recursive,
+            dir,
+        } => {
+            call(&dir.dir, &ControlRequest::Rm { path, recursive }).await?;
+            Ok(())
+        }
+        Command::Mv { source, dest, dir } => {
+            call(
+                &dir.dir,
+                &ControlRequest::Mv {
+                    from: source,
+                    to: dest,
+                },
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Ln {
+            symbolic,
+            target,
+            path,
+            dir,
+        } => {
+            if !symbolic {
+                bail!("only symbolic links exist in cairn: use `cairn ln -s TARGET PATH`");
+            }
+            call(&dir.dir, &ControlRequest::Symlink { target, path }).await?;
+            Ok(())
+        }
+        Command::Share { path, write, dir } => {
+            let cap = call(&dir.dir, &ControlRequest::Share { path, write }).await?;
+            outln!("{}", cap.as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Attach { cap, name, dir } => {
+            call(&dir.dir, &ControlRequest::Attach { cap, path: name }).await?;
+            Ok(())
+        }
+        Command::Cp {
+            recursive,
+            source,
+            dest,
+            dir,
+            json,
+        } => tree::cp(&dir.dir, &source, &dest, recursive, json.json).await,
         Command::Get {
             cap,
             output,
@@ -404,17 +560,29 @@ fn progress_bar(len: Option<u64>, show: bool) -> ProgressBar {
     bar
 }
 
+/// Puts `file` (and links it at `path`); returns the report and the path linked.
 async fn put_file(
     dir: &NodeDir,
     file: &std::path::Path,
+    path: Option<String>,
     private: bool,
     show: bool,
-) -> Result<PutReport> {
+) -> Result<(PutReport, Option<String>)> {
     let client = ControlClient::connect(dir).await?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|_| file.as_os_str() != "-");
     let value = if file.as_os_str() == "-" {
+        let request = ControlRequest::Put {
+            private,
+            path,
+            name,
+            meta: FileMeta::default(),
+        };
         let bar = progress_bar(None, show);
         let v = client
-            .put(tokio::io::stdin(), private, |n| bar.set_position(n))
+            .put(&request, tokio::io::stdin(), |n| bar.set_position(n))
             .await;
         bar.finish_and_clear();
         v?
@@ -422,25 +590,46 @@ async fn put_file(
         let f = tokio::fs::File::open(file)
             .await
             .with_context(|| format!("cannot open {}", file.display()))?;
-        let len = f.metadata().await.ok().map(|m| m.len());
+        let metadata = f.metadata().await.ok();
+        let request = ControlRequest::Put {
+            private,
+            path,
+            name,
+            meta: metadata.as_ref().map(tree::file_meta).unwrap_or_default(),
+        };
+        let len = metadata.map(|m| m.len());
         let bar = progress_bar(len, show);
-        let v = client.put(f, private, |n| bar.set_position(n)).await;
+        let v = client.put(&request, f, |n| bar.set_position(n)).await;
         bar.finish_and_clear();
         v?
     };
-    Ok(serde_json::from_value(value)?)
+    if value.get("put").is_some() {
+        let path = value["path"].as_str().map(str::to_owned);
+        return Ok((serde_json::from_value(value["put"].clone())?, path));
+    }
+    Ok((serde_json::from_value(value)?, None))
 }
 
-async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool) -> Result<u64> {
-    let parsed: Cap = cap.parse()?;
+pub(crate) async fn get_file(
+    dir: &NodeDir,
+    cap: &str,
+    output: &std::path::Path,
+    show: bool,
+) -> Result<u64> {
+    // A cap is checked here, before any output file exists; a path is resolved by the node.
+    let is_path = !cap.trim().to_ascii_lowercase().starts_with("cairn:") || cap.contains('/');
+    let size = if is_path {
+        None
+    } else {
+        Some(cap.parse::<Cap>()?.size())
+    };
     let client = ControlClient::connect(dir).await?;
-    let bar = progress_bar(Some(parsed.size()), show);
+    let bar = progress_bar(size, show);
     if output.as_os_str() == "-" {
         let mut out = tokio::io::stdout();
         let r = client.get(cap, &mut out, |n| bar.set_position(n)).await;
         bar.finish_and_clear();
-        r?;
-        return Ok(parsed.size());
+        return Ok(r?["size"].as_u64().unwrap_or_default());
     }
     // Write beside the target and rename at the end: a failed get leaves no partial file.
     let name = output
@@ -455,23 +644,27 @@ async fn get_file(dir: &NodeDir, cap: &str, output: &std::path::Path, show: bool
     let result = client.get(cap, &mut file, |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let finished = match result {
-        Ok(_) => file
+        Ok(reply) => file
             .sync_all()
             .await
-            .context("cannot write the output file"),
+            .context("cannot write the output file")
+            .map(|()| reply["size"].as_u64().unwrap_or_default()),
         Err(e) => Err(e.into()),
     };
     drop(file);
-    if let Err(e) = finished {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
+    let size = match finished {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
     if let Err(e) = tokio::fs::rename(&tmp, output).await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e)
             .with_context(|| format!("cannot move the file into place at {}", output.display()));
     }
-    Ok(parsed.size())
+    Ok(size)
 }
 
 fn print_status(s: &StatusReport) -> Result<()> {

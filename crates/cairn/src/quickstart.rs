@@ -181,7 +181,16 @@ async fn try_grid(dirs: &[NodeDir]) -> Result<String> {
     }
     let report = ControlClient::connect(&dirs[0])
         .await?
-        .put(&sample[..], false, |_| {})
+        .put(
+            &ControlRequest::Put {
+                private: false,
+                path: None,
+                name: None,
+                meta: Default::default(),
+            },
+            &sample[..],
+            |_| {},
+        )
         .await?;
     let cap = report["cap"]
         .as_str()
