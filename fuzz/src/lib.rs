@@ -1,5 +1,5 @@
-//! Fuzz targets for every decoder of untrusted bytes in `cairn-core`, and what they share with
-//! the stable smoke runner (`tests/smoke.rs`).
+//! Fuzz targets for every decoder of untrusted bytes in `cairn-core` and `cairn-dir`, and what
+//! they share with the stable smoke runner (`tests/smoke.rs`).
 //!
 //! Each target's logic is a plain `fn(&[u8])` in [`targets`]; the libFuzzer binaries under
 //! `fuzz_targets/` are one line each around it, and the smoke runner calls the same functions
@@ -83,6 +83,14 @@ pub const TARGETS: &[Target] = &[
         name: "member_cert",
         run: targets::member_cert,
     },
+    Target {
+        name: "dir_version",
+        run: targets::dir_version,
+    },
+    Target {
+        name: "dir_body",
+        run: targets::dir_body,
+    },
 ];
 
 /// The target called `name`.
@@ -147,6 +155,11 @@ mod tests {
                             .is_ok()
                     })
                 }
+                "dir_version" => cairn_dir::Version::decode(b).is_ok_and(|v| {
+                    seed.name.starts_with("foreign")
+                        || v.open(&targets::dir_cap().read_cap()).is_ok()
+                }),
+                "dir_body" => postcard::from_bytes::<cairn_dir::VersionBody>(b).is_ok(),
                 "payload" => {
                     let len = u32::from_le_bytes([b[0], b[1], b[2], 0]) as usize;
                     cairn_core::compress::decode_payload(&b[3..], len).is_ok()

@@ -15,7 +15,12 @@ use cairn_core::{
     ChunkKey, ChunkRef, Encoding, KeyMode, Manifest, ManifestBuilder, ReadKey, encode_blob,
 };
 
-use crate::targets::grid_key;
+use cairn_core::DirWriteCap;
+use cairn_dir::{
+    Content, DirState, Edit, EntryId, FileRef, Hlc, Meta, Version, VersionBody, VersionId,
+};
+
+use crate::targets::{dir_cap, grid_key};
 
 /// One seed: the target it is for, a file name, the bytes.
 #[derive(Debug, Clone)]
@@ -228,6 +233,136 @@ fn invites() -> Vec<InviteCode> {
     ]
 }
 
+/// 2026-11-23T16:32:32Z, in milliseconds.
+const DIR_T0: u64 = 1_795_451_552_000;
+
+fn dir_edit(
+    state: &mut DirState,
+    writer: u8,
+    millis: u64,
+    ops: impl FnOnce(&mut Edit<'_>) -> Result<(), cairn_dir::DirError>,
+) -> DirState {
+    let mut edit = Edit::new(
+        state,
+        NodeId::from_bytes([writer; 32]),
+        Hlc { millis, counter: 0 },
+        0,
+    );
+    ops(&mut edit).expect("a valid seed edit");
+    edit.finish().expect("the seed edit changes something")
+}
+
+/// Directory version bodies: an empty snapshot, a delta with every kind of entry (a file by
+/// readcap, a literal file, a subdirectory with its sealed writecap, a symlink, a deleted
+/// entry), and a merged state with a content conflict, a name clash and an edit that survived
+/// a concurrent delete.
+pub fn dir_bodies() -> Vec<(&'static str, VersionBody)> {
+    let meta = Meta {
+        mode: 0o644,
+        mtime_ns: 1_700_000_000_000_000_000,
+    };
+    let literal = |text: &str| Content::File {
+        file: FileRef::new(Cap::Literal(LiteralCap {
+            data: text.as_bytes().to_vec(),
+        }))
+        .expect("a literal cap is a file"),
+        meta,
+    };
+    let body = |writer: u8, millis: u64, state: DirState| VersionBody {
+        writer: NodeId::from_bytes([writer; 32]),
+        hlc: Hlc { millis, counter: 0 },
+        state,
+    };
+
+    let mut a = DirState::default();
+    let kinds = dir_edit(&mut a, 0xa1, DIR_T0, |e| {
+        let read = Cap::Read(ReadCap {
+            root: ShareRoot::from_bytes([1; 32]),
+            key: ReadKey::from_bytes([2; 32]),
+            size: 123_456,
+        });
+        let file = FileRef::new(read).expect("a readcap is a file");
+        e.create(EntryId([1; 16]), "big.bin", Content::File { file, meta })?;
+        e.create(EntryId([2; 16]), "notes.txt", literal("hello\n"))?;
+        let child = DirWriteCap::from_seed([0x50; 32]);
+        e.create(
+            EntryId([3; 16]),
+            "photos",
+            Content::dir(&dir_cap(), &child, [0x51; 32], meta),
+        )?;
+        e.create(
+            EntryId([4; 16]),
+            "link",
+            Content::Symlink {
+                target: "../elsewhere".into(),
+                meta,
+            },
+        )?;
+        e.create(EntryId([5; 16]), "old", literal("gone"))?;
+        e.remove(EntryId([5; 16]))
+    });
+
+    // B starts from A's delta; then both edit concurrently and exchange.
+    let mut b = kinds.clone();
+    let from_a = dir_edit(&mut a, 0xa1, DIR_T0 + 1000, |e| {
+        e.set_content(EntryId([2; 16]), literal("a's notes"))?;
+        e.create(EntryId([6; 16]), "todo", literal("a"))?;
+        e.remove(EntryId([4; 16]))
+    });
+    let from_b = dir_edit(&mut b, 0xb2, DIR_T0 + 2000, |e| {
+        e.set_content(EntryId([2; 16]), literal("b's notes"))?;
+        e.create(EntryId([7; 16]), "todo", literal("b"))?;
+        e.rename(EntryId([4; 16]), "link2")
+    });
+    a.join(&from_b);
+    b.join(&from_a);
+    assert_eq!(a, b, "seed replicas converge");
+
+    vec![
+        ("empty", body(0xa1, DIR_T0, DirState::default())),
+        ("kinds", body(0xa1, DIR_T0, kinds)),
+        ("delta", body(0xb2, DIR_T0 + 2000, from_b)),
+        ("merged", body(0xa1, DIR_T0 + 2000, a)),
+    ]
+}
+
+/// Sealed versions of [`dir_bodies`], all but the `foreign` one signed by [`dir_cap`].
+fn dir_seed_versions() -> Vec<(String, Version)> {
+    let cap = dir_cap();
+    let mut out = Vec::new();
+    for (i, (name, body)) in dir_bodies().into_iter().enumerate() {
+        let parents: Vec<VersionId> = (0..i as u8)
+            .map(|p| VersionId::from_bytes([0x30 + p; 32]))
+            .collect();
+        let snapshot = name != "delta";
+        let version = Version::seal(
+            &cap,
+            parents,
+            i as u64 + 1,
+            snapshot,
+            &body,
+            [0x60 + i as u8; 32],
+        );
+        out.push((name.to_string(), version));
+    }
+    let foreign = DirWriteCap::from_seed([0x43; 32]);
+    let (_, body) = dir_bodies().swap_remove(1);
+    out.push((
+        "foreign-kinds".into(),
+        Version::seal(&foreign, vec![], 1, true, &body, [0x70; 32]),
+    ));
+    out
+}
+
+/// The bytes of every version the fuzz directory key signed: nothing else may verify under it.
+pub fn dir_versions() -> Vec<Vec<u8>> {
+    dir_seed_versions()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("foreign"))
+        .map(|(_, v)| v.into_bytes())
+        .collect()
+}
+
 /// The whole seed corpus.
 pub fn all() -> Vec<Seed> {
     let mut out = Vec::new();
@@ -259,6 +394,8 @@ pub fn all() -> Vec<Seed> {
         Cap::Literal(LiteralCap {
             data: vec![0xa5; cairn_core::INLINE_LIMIT],
         }),
+        Cap::DirWrite(dir_cap()),
+        Cap::DirRead(dir_cap().read_cap()),
     ];
     for (i, cap) in caps.iter().enumerate() {
         add(
@@ -393,6 +530,18 @@ pub fn all() -> Vec<Seed> {
         let mut input = (plain.len() as u32).to_le_bytes()[..3].to_vec();
         input.extend_from_slice(&encode_payload(&plain));
         add("payload", name.into(), input);
+    }
+
+    // dir_version, dir_body
+    for (name, version) in dir_seed_versions() {
+        add("dir_version", name, version.into_bytes());
+    }
+    for (name, body) in dir_bodies() {
+        add(
+            "dir_body",
+            name.into(),
+            postcard::to_stdvec(&body).expect("postcard into a Vec"),
+        );
     }
 
     // member_cert

@@ -10,7 +10,7 @@
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
-use cairn_core::cap::{Cap, LiteralCap, ReadCap, VerifyCap};
+use cairn_core::cap::{Cap, DirReadCap, LiteralCap, ReadCap, VerifyCap};
 use cairn_core::cert::{GridKey, MemberCert};
 use cairn_core::chunk::MAX_CHUNK;
 use cairn_core::compress::{FLAG_RAW, decode_payload, encode_payload};
@@ -19,13 +19,24 @@ use cairn_core::wire::{
     self, Bounded, Hello, InviteCode, JoinRequest, JoinResponse, MAX_FRAME, Request, Response,
     WireError,
 };
-use cairn_core::{ChunkHeader, Encoding, Manifest, ReadKey, decode_blob, encode_blob};
+use cairn_core::{ChunkHeader, DirWriteCap, Encoding, Manifest, ReadKey, decode_blob, encode_blob};
+use cairn_dir::{DirState, Listing, MAX_PARENTS, Version, VersionBody};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The grid key every seed certificate is issued by.
 pub fn grid_key() -> GridKey {
     GridKey::from_bytes(&[0x11; 32])
+}
+
+/// The directory every seed version belongs to.
+pub fn dir_cap() -> DirWriteCap {
+    DirWriteCap::from_seed([0x42; 32])
+}
+
+fn known_versions() -> &'static [Vec<u8>] {
+    static VERSIONS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    VERSIONS.get_or_init(crate::seeds::dir_versions)
 }
 
 fn grid_id() -> GridId {
@@ -46,13 +57,26 @@ fn u16_at(data: &[u8], at: usize) -> u16 {
     u16::from_le_bytes(b)
 }
 
-/// `Cap::from_str` and the three kind-specific parsers, on the input as (lossy) UTF-8.
-/// Accepted caps must print canonically and parse back to themselves.
+/// `Cap::from_str` and the five kind-specific parsers, on the input as (lossy) UTF-8.
+/// Accepted caps must print canonically and parse back to themselves, through exactly one of
+/// the kind-specific parsers.
 pub fn cap(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let read = text.parse::<ReadCap>();
     let verify = text.parse::<VerifyCap>();
     let literal = text.parse::<LiteralCap>();
+    let dir_write = text.parse::<DirWriteCap>();
+    let dir_read = text.parse::<DirReadCap>();
+    let accepted = [
+        read.is_ok(),
+        verify.is_ok(),
+        literal.is_ok(),
+        dir_write.is_ok(),
+        dir_read.is_ok(),
+    ]
+    .iter()
+    .filter(|ok| **ok)
+    .count();
     match text.parse::<Cap>() {
         Ok(cap) => {
             let canonical = cap.to_string();
@@ -72,18 +96,19 @@ pub fn cap(data: &[u8]) {
                     assert_eq!(literal.as_ref(), Ok(c));
                     assert!(c.data.len() <= cairn_core::INLINE_LIMIT);
                 }
+                Cap::DirWrite(c) => {
+                    assert_eq!(dir_write.as_ref(), Ok(c));
+                    let r = c.read_cap();
+                    assert_eq!(r.to_string().parse::<DirReadCap>().as_ref(), Ok(&r));
+                    assert_eq!(r.slot(), c.slot());
+                }
+                Cap::DirRead(c) => assert_eq!(dir_read.as_ref(), Ok(c)),
             }
-            assert_eq!(
-                [read.is_ok(), verify.is_ok(), literal.is_ok()]
-                    .iter()
-                    .filter(|ok| **ok)
-                    .count(),
-                1
-            );
+            assert_eq!(accepted, 1);
         }
         Err(e) => {
             let _ = e.to_string();
-            assert!(read.is_err() && verify.is_err() && literal.is_err());
+            assert_eq!(accepted, 0);
         }
     }
 }
@@ -472,4 +497,88 @@ pub fn member_cert(data: &[u8]) {
             assert!(cert.verify(&grid, &other, now).is_err());
         }
     }
+}
+
+/// `cairn_dir::Version::decode` (signature, bounds, canonical encoding), then `open` with the
+/// fuzz directory's readcap and the state checks of [`dir_body`]. A version that decodes is
+/// canonical and within bounds; one that verifies under the fuzz directory's key is one it
+/// really signed (a seed): nothing else may verify, and nothing opens with another readcap.
+pub fn dir_version(data: &[u8]) {
+    let version = match Version::decode(data) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    assert_eq!(
+        version.as_bytes(),
+        data,
+        "accepted version is not its bytes"
+    );
+    assert!(version.parents().len() <= MAX_PARENTS);
+    assert_eq!(
+        version.id().as_bytes(),
+        blake3::hash(data).as_bytes(),
+        "version id is not the hash of its bytes"
+    );
+    let cap = dir_cap();
+    if version.slot() == cap.slot() {
+        assert!(
+            known_versions().iter().any(|v| v == data),
+            "a version the directory key never signed verifies"
+        );
+    }
+    match version.open(&cap.read_cap()) {
+        Ok(body) => {
+            assert_eq!(
+                version.slot(),
+                cap.slot(),
+                "opened with another directory's cap"
+            );
+            check_dir_state(&body.state);
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
+/// `VersionBody` from postcard (what a reader decodes after decryption), then
+/// [`check_dir_state`] on its state: a listing with unique names, and a join with itself that
+/// changes no listing and is idempotent.
+pub fn dir_body(data: &[u8]) {
+    let Ok(body) = postcard::from_bytes::<VersionBody>(data) else {
+        return;
+    };
+    let bytes = postcard::to_stdvec(&body).expect("postcard into a Vec");
+    assert_eq!(
+        postcard::from_bytes::<VersionBody>(&bytes).ok().as_ref(),
+        Some(&body),
+        "a decoded body does not round-trip"
+    );
+    check_dir_state(&body.state);
+}
+
+fn check_dir_state(state: &DirState) {
+    let listing = Listing::of(state);
+    assert!(
+        listing.entries.windows(2).all(|w| w[0].name < w[1].name),
+        "listing names are not unique and sorted"
+    );
+    assert!(listing.entries.len() <= state.entries.values().map(|e| e.content.0.len()).sum());
+    let mut joined = state.clone();
+    joined.join(state);
+    assert_eq!(
+        Listing::of(&joined),
+        listing,
+        "joining a state with itself changed its listing"
+    );
+    let mut again = joined.clone();
+    again.join(&joined);
+    assert_eq!(again, joined, "join is not idempotent");
+    let mut empty = DirState::default();
+    empty.join(state);
+    assert_eq!(Listing::of(&empty), listing);
+    let _ = joined.collect_garbage();
 }

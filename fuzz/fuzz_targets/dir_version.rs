@@ -1,0 +1,9 @@
+//! Fuzz target `dir_version`: see `cairn_fuzz::targets::dir_version`.
+#![no_main]
+
+#[global_allocator]
+static ALLOC: cairn_fuzz::alloc::CappedAlloc = cairn_fuzz::alloc::CappedAlloc::STRICT;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    cairn_fuzz::guarded(cairn_fuzz::targets::dir_version, data);
+});
