@@ -96,7 +96,10 @@ pub(crate) async fn ls(dir: &Path, path: &str, long: bool, json: bool) -> Result
 /// A grid-side location: `cairn:/path` (a path in your root) or a cap (`cairn:dir:1:...`).
 fn grid_side(spec: &str) -> Option<String> {
     let rest = spec.strip_prefix("cairn:")?;
-    if rest.starts_with('/') || rest.is_empty() {
+    if rest.starts_with("cairn:") {
+        // `cairn:` in front of a cap.
+        Some(rest.to_owned())
+    } else if rest.starts_with('/') || rest.is_empty() {
         Some(if rest.is_empty() {
             "/".into()
         } else {
