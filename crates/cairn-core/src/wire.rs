@@ -243,6 +243,8 @@ pub enum Response {
     Held(#[serde(deserialize_with = "bounded::held")] Vec<Vec<u8>>),
     /// The answering node's roster.
     Roster(#[serde(deserialize_with = "bounded::roster")] Vec<RosterEntry>),
+    /// The request was refused.
+    Refused(Refusal),
     /// Versions of a slot, and the holder's current heads.
     Versions {
         /// Encoded versions, oldest first.
@@ -251,9 +253,9 @@ pub enum Response {
         /// The holder's heads.
         #[serde(deserialize_with = "bounded::version_ids")]
         heads: Vec<VersionId>,
+        /// More versions are missing than one answer carries: ask again, listing these as held.
+        more: bool,
     },
-    /// The request was refused.
-    Refused(Refusal),
 }
 
 impl fmt::Debug for Response {
@@ -264,9 +266,16 @@ impl fmt::Debug for Response {
             Response::NotFound => f.write_str("NotFound"),
             Response::Held(h) => write!(f, "Held({} roots)", h.len()),
             Response::Roster(r) => write!(f, "Roster({} entries)", r.len()),
-            Response::Versions { versions, heads } => {
-                write!(f, "Versions({}, {} heads)", versions.len(), heads.len())
-            }
+            Response::Versions {
+                versions,
+                heads,
+                more,
+            } => write!(
+                f,
+                "Versions({}, {} heads, more: {more})",
+                versions.len(),
+                heads.len()
+            ),
             Response::Refused(r) => write!(f, "Refused({r:?})"),
         }
     }
@@ -474,7 +483,9 @@ impl Bounded for Response {
         match self {
             Response::Held(h) => bound(h.len() <= MAX_HELD_QUERY, "too many roots"),
             Response::Roster(entries) => check_roster(entries),
-            Response::Versions { versions, heads } => bound(
+            Response::Versions {
+                versions, heads, ..
+            } => bound(
                 versions.len() <= MAX_VERSIONS && heads.len() <= MAX_VERSIONS,
                 "too many versions",
             ),

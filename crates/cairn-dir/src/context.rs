@@ -83,10 +83,46 @@ impl CausalContext {
         self.vv.covers(dot) || self.cloud.contains(dot)
     }
 
-    /// Records `dot` as seen.
+    /// Records `dot` as seen. A dot that extends its writer's contiguous prefix goes into the
+    /// version vector, with any cloud dots it connects.
     pub fn insert(&mut self, dot: Dot) {
-        if !self.vv.covers(&dot) {
+        let seen = self.vv.get(&dot.writer);
+        if dot.counter <= seen {
+            return;
+        }
+        if dot.counter == seen + 1 {
+            self.vv.0.insert(dot.writer, dot.counter);
+            self.absorb(dot.writer);
+        } else {
             self.cloud.insert(dot);
+        }
+    }
+
+    /// Drops `writer`'s cloud dots the version vector covers and moves the ones that continue
+    /// it into the version vector.
+    fn absorb(&mut self, writer: NodeId) {
+        let mut seen = self.vv.get(&writer);
+        let covered: Vec<Dot> = self
+            .cloud
+            .range(
+                Dot { writer, counter: 0 }..=Dot {
+                    writer,
+                    counter: seen,
+                },
+            )
+            .copied()
+            .collect();
+        for dot in covered {
+            self.cloud.remove(&dot);
+        }
+        while self.cloud.remove(&Dot {
+            writer,
+            counter: seen + 1,
+        }) {
+            seen += 1;
+        }
+        if seen > 0 {
+            self.vv.0.insert(writer, seen);
         }
     }
 
@@ -108,25 +144,32 @@ impl CausalContext {
         self.vv.get(writer).max(cloud_max)
     }
 
-    /// Union with `other`, then [`compact`](Self::compact).
+    /// Union with `other`. Costs about the size of `other`, not of `self`.
     pub fn join(&mut self, other: &CausalContext) {
+        let advanced: Vec<NodeId> = other
+            .vv
+            .0
+            .iter()
+            .filter(|(writer, counter)| **counter > self.vv.get(writer))
+            .map(|(writer, _)| *writer)
+            .collect();
         self.vv.join(&other.vv);
+        for writer in advanced {
+            self.absorb(writer);
+        }
         for dot in &other.cloud {
             self.insert(*dot);
         }
-        self.compact();
     }
 
-    /// Moves cloud dots that extend a writer's contiguous prefix into the version vector.
+    /// Moves cloud dots that extend a writer's contiguous prefix into the version vector (a
+    /// context built only through [`insert`](Self::insert) and [`join`](Self::join) is always
+    /// compact already).
     pub fn compact(&mut self) {
-        let cloud = std::mem::take(&mut self.cloud);
-        for dot in cloud {
-            let seen = self.vv.get(&dot.writer);
-            if dot.counter == seen + 1 {
-                self.vv.0.insert(dot.writer, dot.counter);
-            } else if dot.counter > seen {
-                self.cloud.insert(dot);
-            }
+        let mut writers: Vec<NodeId> = self.cloud.iter().map(|dot| dot.writer).collect();
+        writers.dedup();
+        for writer in writers {
+            self.absorb(writer);
         }
     }
 }

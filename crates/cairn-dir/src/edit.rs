@@ -18,6 +18,33 @@ pub struct Edit<'a> {
     hlc: Hlc,
     next: u64,
     delta: DirState,
+    undo: Undo,
+}
+
+/// What an edit changed in its state, to put it back when the edit cannot be published.
+#[derive(Debug, Default)]
+pub struct Undo {
+    context: CausalContext,
+    frontiers: std::collections::BTreeMap<NodeId, crate::context::VersionVector>,
+    entries: std::collections::BTreeMap<EntryId, Option<Entry>>,
+}
+
+impl Undo {
+    /// Restores `state` to what it was before the edit.
+    pub fn undo(self, state: &mut DirState) {
+        state.context = self.context;
+        state.frontiers = self.frontiers;
+        for (id, entry) in self.entries {
+            match entry {
+                Some(entry) => {
+                    state.entries.insert(id, entry);
+                }
+                None => {
+                    state.entries.remove(&id);
+                }
+            }
+        }
+    }
 }
 
 impl<'a> Edit<'a> {
@@ -26,12 +53,18 @@ impl<'a> Edit<'a> {
     /// writes); dots continue after it and after anything the state has seen.
     pub fn new(state: &'a mut DirState, writer: NodeId, hlc: Hlc, min_counter: u64) -> Edit<'a> {
         let next = state.context.max_counter(&writer).max(min_counter) + 1;
+        let undo = Undo {
+            context: state.context.clone(),
+            frontiers: state.frontiers.clone(),
+            entries: Default::default(),
+        };
         Edit {
             state,
             writer,
             hlc,
             next,
             delta: DirState::default(),
+            undo,
         }
     }
 
@@ -66,8 +99,12 @@ impl<'a> Edit<'a> {
             ..DirState::default()
         };
         delta.entries.insert(id, op);
-        self.state.join(&delta);
-        self.delta.join(&delta);
+        if !self.undo.entries.contains_key(&id) {
+            let before = self.state.entries.get(&id).cloned();
+            self.undo.entries.insert(id, before);
+        }
+        self.state.join_delta(&delta);
+        self.delta.join_delta(&delta);
     }
 
     fn stamp<T>(&self, value: T) -> Stamped<T> {
@@ -210,6 +247,16 @@ impl<'a> Edit<'a> {
 
     /// The delta of the whole batch, with the writer's frontier; `None` if nothing changed.
     pub fn finish(self) -> Option<DirState> {
+        self.finish_undoable().map(|(delta, _)| delta)
+    }
+
+    /// Undoes every change of the batch.
+    pub fn abort(self) {
+        self.undo.undo(self.state);
+    }
+
+    /// [`finish`](Self::finish), also returning how to undo the batch (if publishing fails).
+    pub fn finish_undoable(self) -> Option<(DirState, Undo)> {
         let mut delta = self.delta;
         if delta.entries.is_empty() {
             return None;
@@ -221,6 +268,6 @@ impl<'a> Edit<'a> {
             .entry(self.writer)
             .or_default()
             .join(&frontier);
-        Some(delta)
+        Some((delta, self.undo))
     }
 }

@@ -30,7 +30,7 @@ mod view;
 pub use cairn_core::VersionId;
 pub use content::{Content, FileRef, Meta, SealedWriteCap};
 pub use context::{CausalContext, Dot, VersionVector};
-pub use edit::Edit;
+pub use edit::{Edit, Undo};
 pub use error::DirError;
 pub use hlc::{Hlc, MAX_FUTURE_MS};
 pub use name::{MAX_NAME_LEN, check_name};

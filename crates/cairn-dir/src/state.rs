@@ -6,7 +6,7 @@
 //! has seen but no longer holds was overwritten there and goes. So sequential writes replace,
 //! concurrent ones are both kept, and joining is commutative, associative and idempotent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_core::NodeId;
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,11 @@ impl Entry {
 }
 
 /// A directory's state, or a delta of it (the same type: a delta is a small state).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// Beside the data it keeps an index from names to the entries that have held them, kept up by
+/// [`join`](Self::join) and [`join_delta`](Self::join_delta) (so by every [`Edit`](crate::Edit));
+/// code that changes `entries` directly calls [`reindex`](Self::reindex) afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DirState {
     /// Every write this state has seen.
     pub context: CausalContext,
@@ -119,6 +123,74 @@ pub struct DirState {
     /// For each writer, what it had seen at its latest write (decides when a deleted entry may
     /// be forgotten).
     pub frontiers: BTreeMap<NodeId, VersionVector>,
+    #[serde(skip, default = "NameIndex::unbuilt")]
+    pub(crate) names: NameIndex,
+}
+
+impl Default for DirState {
+    fn default() -> Self {
+        DirState {
+            context: CausalContext::default(),
+            entries: BTreeMap::new(),
+            frontiers: BTreeMap::new(),
+            names: NameIndex {
+                built: true,
+                by_name: HashMap::new(),
+            },
+        }
+    }
+}
+
+impl PartialEq for DirState {
+    /// The data only (not the name index).
+    fn eq(&self, other: &Self) -> bool {
+        self.context == other.context
+            && self.entries == other.entries
+            && self.frontiers == other.frontiers
+    }
+}
+
+impl Eq for DirState {}
+
+/// Which entries have held each name: a superset (a lookup checks each entry's current name),
+/// so it only ever grows between rebuilds.
+#[derive(Clone)]
+pub(crate) struct NameIndex {
+    built: bool,
+    by_name: HashMap<u64, Vec<EntryId>>,
+}
+
+impl std::fmt::Debug for NameIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NameIndex({} names)", self.by_name.len())
+    }
+}
+
+fn name_key(name: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(name, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
+impl NameIndex {
+    fn unbuilt() -> NameIndex {
+        NameIndex {
+            built: false,
+            by_name: HashMap::new(),
+        }
+    }
+
+    fn note(&mut self, id: EntryId, entry: &Entry) {
+        if !self.built {
+            return;
+        }
+        for name in entry.name.0.values() {
+            let ids = self.by_name.entry(name_key(&name.value)).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
 }
 
 impl DirState {
@@ -131,6 +203,7 @@ impl DirState {
                 .join(&self.context, &theirs.content, &other.context);
             mine.alive
                 .join(&self.context, &theirs.alive, &other.context);
+            self.names.note(*id, mine);
         }
         // Entries `other` lacks lose the values `other` has seen (overwritten there).
         for (id, mine) in &mut self.entries {
@@ -147,6 +220,54 @@ impl DirState {
         for (writer, frontier) in &other.frontiers {
             self.frontiers.entry(*writer).or_default().join(frontier);
         }
+    }
+
+    /// Merges a delta whose context covers only dots of the entries it carries (every delta an
+    /// [`Edit`](crate::Edit) makes: an operation overwrites dots of its own entry only). The
+    /// result equals [`join`](Self::join) for such deltas, in time proportional to the delta,
+    /// not to this state.
+    pub fn join_delta(&mut self, delta: &DirState) {
+        for (id, theirs) in &delta.entries {
+            let mine = self.entries.entry(*id).or_default();
+            mine.name.join(&self.context, &theirs.name, &delta.context);
+            mine.content
+                .join(&self.context, &theirs.content, &delta.context);
+            mine.alive
+                .join(&self.context, &theirs.alive, &delta.context);
+            self.names.note(*id, mine);
+            if mine.is_empty() {
+                self.entries.remove(id);
+            }
+        }
+        self.context.join(&delta.context);
+        for (writer, frontier) in &delta.frontiers {
+            self.frontiers.entry(*writer).or_default().join(frontier);
+        }
+    }
+
+    /// Rebuilds the name index (after changing `entries` directly).
+    pub fn reindex(&mut self) {
+        self.names = NameIndex {
+            built: true,
+            by_name: HashMap::new(),
+        };
+        for (id, entry) in &self.entries {
+            self.names.note(*id, entry);
+        }
+    }
+
+    /// The entries that may hold `name` (every one that does, and perhaps others); `None` when
+    /// the index is not built (a decoded state before [`reindex`](Self::reindex)).
+    pub fn name_candidates(&self, name: &str) -> Option<&[EntryId]> {
+        if !self.names.built {
+            return None;
+        }
+        Some(
+            self.names
+                .by_name
+                .get(&name_key(name))
+                .map_or(&[][..], Vec::as_slice),
+        )
     }
 
     /// The number of entries a listing shows.

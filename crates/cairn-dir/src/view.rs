@@ -6,14 +6,14 @@
 //! `YYYYMMDDTHHMMSSZ`). When two entries share a name (created concurrently), the one written
 //! last keeps it and the others get conflict names the same way. Nothing is hidden.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use cairn_core::NodeId;
 
 use crate::content::Content;
 use crate::context::Dot;
 use crate::hlc::Hlc;
-use crate::state::{DirState, EntryId};
+use crate::state::{DirState, EntryId, Stamped};
 
 /// One line of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,90 +85,147 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The name an entry shows under before conflicts are sorted out: its latest name, or
+/// `unnamed-<id>` when it has none or the name is not a valid one (another writer's bytes are
+/// not trusted to be a safe file name).
+fn shown_name(id: EntryId, entry: &crate::state::Entry) -> String {
+    match entry.name.winner() {
+        Some((_, name)) if crate::name::check_name(&name.value).is_ok() => name.value.clone(),
+        _ => format!("unnamed-{}", id.fmt_short()),
+    }
+}
+
 impl Listing {
+    /// The line named `name` in the listing of `state`, without building the whole listing
+    /// when the name is held by one entry with one value (the common case).
+    pub fn lookup(state: &DirState, name: &str) -> Option<Listed> {
+        if !name.contains(".conflict-") && !name.starts_with("unnamed-") {
+            let holds = |entry: &crate::state::Entry| {
+                entry.is_alive() && entry.name.winner().is_some_and(|(_, n)| n.value == name)
+            };
+            let found: Vec<(&EntryId, &crate::state::Entry)> = match state.name_candidates(name) {
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| state.entries.get_key_value(id))
+                    .filter(|(_, entry)| holds(entry))
+                    .collect(),
+                None => state.entries.iter().filter(|(_, e)| holds(e)).collect(),
+            };
+            let mut found = found.into_iter();
+            match (found.next(), found.next()) {
+                (None, _) => return None,
+                (Some((id, entry)), None) => {
+                    let mut values = entry.content.0.iter();
+                    if let (Some((dot, first)), None) = (values.next(), values.next())
+                        && entry.name.0.len() == 1
+                    {
+                        return Some(Listed {
+                            name: name.to_owned(),
+                            id: *id,
+                            dot: *dot,
+                            content: first.value.clone(),
+                            changed: first.hlc,
+                            conflict: false,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Listing::of(state).get(name).cloned()
+    }
+
     /// The listing of `state`.
     pub fn of(state: &DirState) -> Listing {
-        // Candidate lines grouped by wanted name; the first of each group is its entry's main line.
-        let mut by_name: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+        let mut lines: Vec<Listed> = Vec::with_capacity(state.entries.len());
         for (id, entry) in &state.entries {
             if !entry.is_alive() {
                 continue;
             }
-            let name = match entry.name.winner() {
-                Some((_, name)) => name.value.clone(),
-                None => format!("unnamed-{}", id.fmt_short()),
-            };
-            let mut values: Vec<(Dot, &crate::state::Stamped<Content>)> =
+            let name = shown_name(*id, entry);
+            // Distinct values, latest first: the first is the entry's main line.
+            let mut values: Vec<(Dot, &Stamped<Content>)> =
                 entry.content.0.iter().map(|(d, v)| (*d, v)).collect();
-            values.sort_by_key(|v| std::cmp::Reverse((v.1.hlc, v.0)));
-            let mut distinct: Vec<(Dot, &crate::state::Stamped<Content>)> = Vec::new();
-            for value in values {
-                if !distinct.iter().any(|kept| kept.1.value == value.1.value) {
-                    distinct.push(value);
+            if values.len() > 1 {
+                values.sort_by_key(|v| std::cmp::Reverse((v.1.hlc, v.0)));
+                let mut distinct: Vec<(Dot, &Stamped<Content>)> = Vec::new();
+                for value in values {
+                    if !distinct.iter().any(|kept| kept.1.value == value.1.value) {
+                        distinct.push(value);
+                    }
                 }
+                values = distinct;
             }
-            let values = distinct;
-            let Some((main_dot, main)) = values.first() else {
+            let Some(&(main_dot, main)) = values.first() else {
                 continue;
             };
-            // Concurrent renames to one name are no conflict; to different names they are.
-            let renamed_apart = entry.name.0.values().any(|n| n.value != name);
-            let conflict = values.len() > 1 || renamed_apart;
-            by_name.entry(name.clone()).or_default().push(Listed {
-                name: name.clone(),
-                id: *id,
-                dot: *main_dot,
-                content: main.value.clone(),
-                changed: main.hlc,
-                conflict,
-            });
-            for (dot, value) in &values[1..] {
-                by_name.entry(name.clone()).or_default().push(Listed {
+            let renamed = entry
+                .name
+                .0
+                .values()
+                .any(|n| n.value != entry.name.winner().map_or("", |w| w.1.value.as_str()));
+            let conflict = values.len() > 1 || renamed;
+            for &(dot, value) in &values[1..] {
+                lines.push(Listed {
                     name: conflict_name(&name, &dot.writer, value.hlc),
                     id: *id,
-                    dot: *dot,
+                    dot,
                     content: value.value.clone(),
                     changed: value.hlc,
                     conflict: true,
                 });
             }
-        }
-        let mut lines = Vec::new();
-        for (name, mut group) in by_name {
-            // Main lines holding the plain name: the latest write keeps it.
-            let mut mains: Vec<usize> = (0..group.len())
-                .filter(|&i| group[i].name == name)
-                .collect();
-            mains.sort_by(|&a, &b| {
-                (group[b].changed, group[b].dot).cmp(&(group[a].changed, group[a].dot))
+            lines.push(Listed {
+                name,
+                id: *id,
+                dot: main_dot,
+                content: main.value.clone(),
+                changed: main.hlc,
+                conflict,
             });
-            if mains.len() > 1 {
-                for &i in &mains {
-                    group[i].conflict = true;
-                }
-                for &i in &mains[1..] {
-                    let line = &mut group[i];
-                    line.name = conflict_name(&name, &line.dot.writer, line.changed);
+        }
+        // Same names next to each other, the latest write first: it keeps the name, the others
+        // (entries created concurrently under one name) get conflict names.
+        lines.sort_unstable_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| (b.changed, b.dot).cmp(&(a.changed, a.dot)))
+        });
+        let mut renamed_any = false;
+        let mut i = 0;
+        while i < lines.len() {
+            let mut j = i + 1;
+            while j < lines.len() && lines[j].name == lines[i].name {
+                j += 1;
+            }
+            if j - i > 1 {
+                renamed_any = true;
+                lines[i].conflict = true;
+                for line in &mut lines[i + 1..j] {
+                    line.conflict = true;
+                    line.name = conflict_name(&line.name, &line.dot.writer, line.changed);
                 }
             }
-            lines.extend(group);
+            i = j;
         }
-        // Conflict names can still meet each other or a real name: make every name unique.
-        lines.sort_by(|a, b| (&a.name, a.id, a.dot).cmp(&(&b.name, b.id, b.dot)));
-        let mut taken: HashSet<String> = HashSet::with_capacity(lines.len());
-        for line in &mut lines {
-            if !taken.insert(line.name.clone()) {
-                let mut n = 1u32;
-                let base = format!("{}-{}", line.name, line.id.fmt_short());
-                let mut candidate = base.clone();
-                while !taken.insert(candidate.clone()) {
-                    n += 1;
-                    candidate = format!("{base}-{n}");
+        if renamed_any {
+            // Conflict names can still meet each other or a real name: make every name unique.
+            lines.sort_by(|a, b| (&a.name, a.id, a.dot).cmp(&(&b.name, b.id, b.dot)));
+            let mut taken: HashSet<String> = lines.iter().map(|l| l.name.clone()).collect();
+            for k in 1..lines.len() {
+                if lines[k].name == lines[k - 1].name {
+                    let base = format!("{}-{}", lines[k].name, lines[k].id.fmt_short());
+                    let mut candidate = base.clone();
+                    let mut n = 1u32;
+                    while !taken.insert(candidate.clone()) {
+                        n += 1;
+                        candidate = format!("{base}-{n}");
+                    }
+                    lines[k].name = candidate;
                 }
-                line.name = candidate;
             }
+            lines.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        lines.sort_by(|a, b| a.name.cmp(&b.name));
         Listing { entries: lines }
     }
 

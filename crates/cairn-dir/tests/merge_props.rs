@@ -171,7 +171,14 @@ impl World {
                             self.replicas[*to].state.join(delta);
                         }
                     } else {
+                        // A delta merges the same way through the fast path.
+                        let mut fast = self.replicas[*to].state.clone();
+                        fast.join_delta(&self.published[pick]);
                         self.replicas[*to].state.join(&self.published[pick]);
+                        assert_eq!(
+                            fast, self.replicas[*to].state,
+                            "join_delta differs from join"
+                        );
                     }
                 }
             }
@@ -264,6 +271,14 @@ impl World {
     fn check(&self) -> Result<(), TestCaseError> {
         for (r, replica) in self.replicas.iter().enumerate() {
             let listing = Listing::of(&replica.state);
+            for line in &listing.entries {
+                let found = Listing::lookup(&replica.state, &line.name);
+                prop_assert_eq!(
+                    found.as_ref(),
+                    Some(line),
+                    "lookup differs from the listing"
+                );
+            }
             let names: BTreeSet<&str> = listing.entries.iter().map(|l| l.name.as_str()).collect();
             prop_assert_eq!(
                 names.len(),

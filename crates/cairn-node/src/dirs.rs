@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::id::{ShareRoot, SlotId, VersionId};
-use cairn_core::wire::{Refusal, Request, Response};
+use cairn_core::wire::{MAX_VERSIONS, Refusal, Request, Response};
 use cairn_core::{DirReadCap, DirWriteCap};
 use cairn_dir::{CausalContext, DirState, Edit, Hlc, Version, VersionBody};
 use tokio::task::JoinSet;
@@ -152,12 +152,14 @@ impl Inner {
             tokio::task::spawn_blocking(move || slots::versions(inner.meta.db(), &slot, &have))
                 .await;
         match result {
-            Ok(Ok((versions, heads))) => Response::Versions {
-                versions: versions
+            Ok(Ok(answer)) => Response::Versions {
+                versions: answer
+                    .versions
                     .into_iter()
                     .map(serde_bytes::ByteBuf::from)
                     .collect(),
-                heads,
+                heads: answer.heads,
+                more: answer.more,
             },
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot read directory versions");
@@ -172,6 +174,41 @@ impl Inner {
 struct Gathered {
     versions: Vec<(Version, VersionBody)>,
     answered: usize,
+}
+
+/// Asks `holder` for every version of `slot` after `have`, over as many answers as it takes.
+async fn fetch_versions(
+    inner: &Arc<Inner>,
+    holder: &Member,
+    slot: SlotId,
+    mut have: Vec<VersionId>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    loop {
+        let request = Request::GetVersions {
+            slot,
+            have: have.clone(),
+        };
+        match inner.request(holder, &request).await {
+            Ok(Response::Versions { versions, more, .. }) => {
+                let complete = !more || versions.is_empty();
+                for bytes in versions {
+                    have.push(VersionId::from_bytes(*blake3::hash(&bytes).as_bytes()));
+                    out.push(bytes.into_vec());
+                }
+                if complete {
+                    return Ok(out);
+                }
+                if have.len() > MAX_VERSIONS {
+                    return Err(format!(
+                        "more than {MAX_VERSIONS} versions since the last snapshot"
+                    ));
+                }
+            }
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 impl Node {
@@ -232,12 +269,9 @@ impl Node {
         let mut set = JoinSet::new();
         for holder in holders {
             let inner = self.inner.clone();
-            let request = Request::GetVersions {
-                slot,
-                have: have.to_vec(),
-            };
+            let have = have.to_vec();
             set.spawn(async move {
-                let answer = inner.request(&holder, &request).await;
+                let answer = fetch_versions(&inner, &holder, slot, have).await;
                 (holder.id, answer)
             });
         }
@@ -249,13 +283,9 @@ impl Node {
         while let Some(joined) = set.join_next().await {
             let Ok((peer, answer)) = joined else { continue };
             let versions = match answer {
-                Ok(Response::Versions { versions, .. }) => versions,
-                Ok(other) => {
-                    debug!(peer = %peer.fmt_short(), answer = ?other, "holder did not send versions");
-                    continue;
-                }
+                Ok(versions) => versions,
                 Err(e) => {
-                    debug!(peer = %peer.fmt_short(), error = %e, "holder unreachable");
+                    debug!(peer = %peer.fmt_short(), error = %e, "holder did not send versions");
                     continue;
                 }
             };
@@ -290,6 +320,20 @@ impl Node {
         gathered
     }
 
+    /// Removes the slot's state from the cache, for an edit in place.
+    fn take_cached(&self, slot: &SlotId) -> Option<Cached> {
+        let taken = {
+            let mut cache = self
+                .inner
+                .dirs
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            cache.remove(slot)
+        };
+        taken.map(|arc| Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
     /// The directory's current state: the cached state joined with whatever the holders have
     /// that it lacks.
     pub(crate) async fn load_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
@@ -297,27 +341,45 @@ impl Node {
         let cached = self.cached(&slot);
         let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
         let gathered = self.gather(cap, &have).await;
-        let mut next: Cached = cached.as_deref().cloned().unwrap_or_default();
         if gathered.answered == 0 && cached.is_none() {
             return Err(NodeError::DirUnreachable(slot.fmt_short()));
         }
+        let mut fresh: Vec<(Version, VersionBody)> = gathered
+            .versions
+            .into_iter()
+            .filter(|(v, _)| !have.contains(&v.id()))
+            .collect();
+        if fresh.is_empty()
+            && let Some(cached) = cached
+        {
+            return Ok(cached);
+        }
+        fresh.sort_by_key(|(v, _)| (v.depth(), v.id()));
+        let from_cache = cached.is_some();
+        drop(cached);
+        let mut next = if from_cache {
+            self.take_cached(&slot).unwrap_or_default()
+        } else {
+            Cached::default()
+        };
         let mut heads: BTreeSet<VersionId> = next.heads.iter().copied().collect();
         let mut cited: HashSet<VersionId> = HashSet::new();
-        for (version, body) in &gathered.versions {
+        for (version, body) in &fresh {
             self.observe_clock(body.hlc);
             cited.extend(version.parents().iter().copied());
-            let known = heads.contains(&version.id())
-                || context_within(&body.state.context, &next.state.context);
-            if !known {
+            if !context_within(&body.state.context, &next.state.context) {
                 heads.insert(version.id());
                 next.depth = next.depth.max(version.depth());
             }
-            next.state.join(&body.state);
+            if version.is_snapshot() {
+                next.state.join(&body.state);
+            } else {
+                next.state.join_delta(&body.state);
+            }
         }
         heads.retain(|h| !cited.contains(h));
         next.heads = heads.into_iter().collect();
-        let frontier = slots::frontier(self.inner.meta.db(), &slot)?;
-        if let Some(frontier) = &frontier {
+        if !from_cache && let Some(frontier) = slots::frontier(self.inner.meta.db(), &slot)? {
             let seen_all = frontier
                 .seen
                 .0
@@ -404,7 +466,7 @@ impl Node {
     ) -> Result<R, NodeError> {
         let _guard = self.inner.dirs.edit_lock.lock().await;
         let slot = cap.slot();
-        let cached = self.load_dir(&cap.read_cap()).await?;
+        self.load_dir(&cap.read_cap()).await?;
         let delay = *self
             .inner
             .dirs
@@ -414,13 +476,23 @@ impl Node {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        let mut next = (*cached).clone();
+        // Edit the cached state in place (no copy of a large directory); an edit that fails or
+        // cannot be published is undone.
+        let mut next = self.take_cached(&slot).unwrap_or_default();
         let hlc = self.tick_clock();
         let me = self.id();
         let min_counter = next.state.frontiers.get(&me).map_or(0, |f| f.get(&me));
         let mut edit = Edit::new(&mut next.state, me, hlc, min_counter);
-        let result = change(&mut edit)?;
-        let Some(delta) = edit.finish() else {
+        let result = match change(&mut edit) {
+            Ok(result) => result,
+            Err(e) => {
+                edit.abort();
+                self.store_cached(slot, Arc::new(next));
+                return Err(e);
+            }
+        };
+        let Some((delta, undo)) = edit.finish_undoable() else {
+            self.store_cached(slot, Arc::new(next));
             return Ok(result);
         };
         let body = VersionBody {
@@ -432,6 +504,8 @@ impl Node {
         let version = Version::seal(cap, next.heads.clone(), depth, false, &body, rand::random());
         let id = version.id();
         if self.push_version(&slot, version.into_bytes()).await == 0 {
+            undo.undo(&mut next.state);
+            self.store_cached(slot, Arc::new(next));
             return Err(NodeError::DirUnreachable(slot.fmt_short()));
         }
         next.heads = vec![id];
@@ -463,7 +537,7 @@ impl Node {
 
     /// The versions this node holds of `slot`, as a holder (encoded).
     pub fn held_versions(&self, slot: &SlotId) -> Result<Vec<Vec<u8>>, NodeError> {
-        Ok(slots::versions(self.inner.meta.db(), slot, &[])?.0)
+        Ok(slots::versions(self.inner.meta.db(), slot, &[])?.versions)
     }
 
     /// Brings this node's copies of the slots it holds up to date with the other holders (a
@@ -482,12 +556,7 @@ impl Node {
                 if holder.id == self.id() {
                     continue;
                 }
-                let request = Request::GetVersions {
-                    slot,
-                    have: have.clone(),
-                };
-                let Ok(Response::Versions { versions, .. }) =
-                    self.inner.request(&holder, &request).await
+                let Ok(versions) = fetch_versions(&self.inner, &holder, slot, have.clone()).await
                 else {
                     continue;
                 };

@@ -38,6 +38,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), NodeError> {
 #[derive(Serialize, Deserialize)]
 struct VersionInfo {
     parents: Vec<VersionId>,
+    depth: u64,
     snapshot: bool,
 }
 
@@ -81,6 +82,7 @@ pub(crate) fn put_version(db: &Database, version: &Version) -> Result<bool, Node
         versions.insert(&k, version.as_bytes())?;
         let info = VersionInfo {
             parents: version.parents().to_vec(),
+            depth: version.depth(),
             snapshot: version.is_snapshot(),
         };
         txn.open_table(INFO)?
@@ -106,17 +108,28 @@ pub(crate) fn put_version(db: &Database, version: &Version) -> Result<bool, Node
     Ok(false)
 }
 
+/// Versions of a slot for one answer.
+#[derive(Debug, Default)]
+pub(crate) struct Answer {
+    /// Encoded versions, oldest first.
+    pub(crate) versions: Vec<Vec<u8>>,
+    /// The holder's heads.
+    pub(crate) heads: Vec<VersionId>,
+    /// Whether versions were left out for size.
+    pub(crate) more: bool,
+}
+
 /// The versions of `slot` reachable from its heads, stopping at `have` and below snapshots,
-/// oldest first (within the answer budget), and the heads.
+/// oldest first, as many as fit one answer.
 pub(crate) fn versions(
     db: &Database,
     slot: &SlotId,
     have: &[VersionId],
-) -> Result<(Vec<Vec<u8>>, Vec<VersionId>), NodeError> {
+) -> Result<Answer, NodeError> {
     let txn = db.begin_read()?;
     let heads: Vec<VersionId> = match txn.open_table(HEADS)?.get(slot.as_bytes())? {
         Some(v) => decode(v.value())?,
-        None => return Ok((Vec::new(), Vec::new())),
+        None => return Ok(Answer::default()),
     };
     let versions = txn.open_table(VERSIONS)?;
     let info = txn.open_table(INFO)?;
@@ -127,21 +140,15 @@ pub(crate) fn versions(
         .filter(|h| !seen.contains(h))
         .collect();
     seen.extend(stack.iter().copied());
-    let mut out = Vec::new();
-    let mut budget = ANSWER_BUDGET;
+    // First the ids (small records), then the bytes oldest first, so that an answer cut short
+    // is a prefix the reader can name as held when it asks for the rest.
+    let mut found: Vec<(u64, VersionId)> = Vec::new();
     while let Some(id) = stack.pop() {
-        let k = key(slot, &id);
-        let Some(bytes) = versions.get(&k)? else {
+        let Some(meta) = info.get(&key(slot, &id))? else {
             continue;
         };
-        let bytes = bytes.value().to_vec();
-        if bytes.len() > budget {
-            break;
-        }
-        budget -= bytes.len();
-        out.push(bytes);
-        let Some(meta) = info.get(&k)? else { continue };
         let meta: VersionInfo = decode(meta.value())?;
+        found.push((meta.depth, id));
         if meta.snapshot {
             continue;
         }
@@ -151,8 +158,25 @@ pub(crate) fn versions(
             }
         }
     }
-    out.reverse();
-    Ok((out, heads))
+    found.sort();
+    let mut answer = Answer {
+        heads,
+        ..Answer::default()
+    };
+    let mut budget = ANSWER_BUDGET;
+    for (_, id) in found {
+        let Some(bytes) = versions.get(&key(slot, &id))? else {
+            continue;
+        };
+        let bytes = bytes.value();
+        if bytes.len() > budget && !answer.versions.is_empty() {
+            answer.more = true;
+            break;
+        }
+        budget = budget.saturating_sub(bytes.len());
+        answer.versions.push(bytes.to_vec());
+    }
+    Ok(answer)
 }
 
 /// Every slot this node holds versions of.

@@ -148,6 +148,22 @@ fn ls_entry(line: &Listed, parent: &DirCap) -> LsEntry {
     }
 }
 
+/// Removes what `line` shows: the whole entry, or just its value when the entry holds other
+/// concurrent values (a conflict copy, or the name holder of one).
+fn unlink(edit: &mut cairn_dir::Edit<'_>, line: &Listed) -> Result<(), NodeError> {
+    let values = edit
+        .state()
+        .entries
+        .get(&line.id)
+        .map_or(0, |entry| entry.content.0.len());
+    if line.conflict && values > 1 {
+        edit.drop_value(line.id, line.dot)?;
+    } else {
+        edit.remove(line.id)?;
+    }
+    Ok(())
+}
+
 /// The cap of the subdirectory `content` as reached from `parent`.
 fn child_cap(parent: &DirCap, content: &Content) -> Option<DirCap> {
     let Content::Dir { read, write, .. } = content else {
@@ -170,6 +186,12 @@ impl Node {
             write_secret(&path, &rand::random::<[u8; 32]>())?;
         }
         Ok(DirWriteCap::from_seed(*read_secret(&path)?))
+    }
+
+    /// The line named `name` in the directory.
+    async fn lookup(&self, cap: &DirCap, name: &str) -> Result<Option<Listed>, NodeError> {
+        let cached = self.load_dir(&cap.read_cap()).await?;
+        Ok(Listing::lookup(&cached.state, name))
     }
 
     async fn listing(&self, cap: &DirCap) -> Result<Listing, NodeError> {
@@ -210,9 +232,9 @@ impl Node {
                 )));
             };
             passed.push(dir.slot());
-            let listing = self.listing(dir).await?;
-            let line = listing
-                .get(name)
+            let line = self
+                .lookup(dir, name)
+                .await?
                 .ok_or_else(|| NodeError::NotFound(here()))?;
             target = match child_cap(dir, &line.content) {
                 Some(child) => Target::Dir(child),
@@ -265,11 +287,11 @@ impl Node {
                     .parent()
                     .ok_or_else(|| NodeError::NotADirectory(location.display()))?;
                 let (cap, _) = self.walk_dir(&parent).await?;
-                let listing = self.listing(&cap).await?;
-                let line = listing
-                    .get(&name)
+                let line = self
+                    .lookup(&cap, &name)
+                    .await?
                     .ok_or_else(|| NodeError::NotFound(location.display()))?;
-                let entry = ls_entry(line, &cap);
+                let entry = ls_entry(&line, &cap);
                 Ok(LsReport {
                     path: location.display(),
                     writable: cap.write_cap().is_some(),
@@ -297,8 +319,7 @@ impl Node {
         for (i, name) in location.parts.iter().enumerate() {
             let here = format!("/{}", location.parts[..=i].join("/"));
             let last = i + 1 == location.parts.len();
-            let listing = self.listing(&cap).await?;
-            if let Some(line) = listing.get(name) {
+            if let Some(line) = self.lookup(&cap, name).await? {
                 match child_cap(&cap, &line.content) {
                     Some(child) if !last || parents => {
                         cap = child;
@@ -329,7 +350,7 @@ impl Node {
             let name = name.clone();
             let taken = here.clone();
             self.edit_dir(parent, move |edit| {
-                if Listing::of(edit.state()).get(&name).is_some() {
+                if Listing::lookup(edit.state(), &name).is_some() {
                     return Err(NodeError::AlreadyExists(taken));
                 }
                 edit.create(EntryId(rand::random()), &name, content)?;
@@ -362,7 +383,7 @@ impl Node {
         let (parent, name, _) = self.parent_for_write(location).await?;
         let shown = location.display();
         self.edit_dir(&parent, move |edit| {
-            let existing = Listing::of(edit.state()).get(&name).cloned();
+            let existing = Listing::lookup(edit.state(), &name);
             match existing {
                 None => edit.create(EntryId(rand::random()), &name, content)?,
                 Some(line) if line.content.is_dir() => {
@@ -437,23 +458,14 @@ impl Node {
         let (parent, name, _) = self.parent_for_write(&location).await?;
         let shown = location.display();
         self.edit_dir(&parent, move |edit| {
-            let listing = Listing::of(edit.state());
-            let line = listing
-                .get(&name)
+            let line = Listing::lookup(edit.state(), &name)
                 .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
             if line.content.is_dir() && !recursive {
                 return Err(NodeError::IsADirectory(format!(
                     "{shown} (use -r to remove a directory)"
                 )));
             }
-            let copies = listing.entries.iter().filter(|l| l.id == line.id).count();
-            if copies > 1 {
-                // One value of a conflicting entry: drop just that value.
-                edit.drop_value(line.id, line.dot)?;
-            } else {
-                edit.remove(line.id)?;
-            }
-            Ok(())
+            unlink(edit, &line)
         })
         .await
     }
@@ -479,10 +491,9 @@ impl Node {
     pub async fn mv(&self, from: &str, to: &str) -> Result<(), NodeError> {
         let from_loc = Location::parse(from)?;
         let (src_dir, src_name, _) = self.parent_for_write(&from_loc).await?;
-        let listing = self.listing(&DirCap::Write(src_dir.clone())).await?;
-        let line = listing
-            .get(&src_name)
-            .cloned()
+        let line = self
+            .lookup(&DirCap::Write(src_dir.clone()), &src_name)
+            .await?
             .ok_or_else(|| NodeError::NotFound(from_loc.display()))?;
         let mut to_loc = Location::parse(to)?;
         if let Ok((Target::Dir(_), _)) = self.walk(&to_loc).await {
@@ -503,8 +514,7 @@ impl Node {
             let id = line.id;
             return self
                 .edit_dir(&src_dir, move |edit| {
-                    let listing = Listing::of(edit.state());
-                    if let Some(existing) = listing.get(&dst_name) {
+                    if let Some(existing) = Listing::lookup(edit.state(), &dst_name) {
                         if existing.id == id {
                             return Ok(());
                         }
@@ -530,18 +540,8 @@ impl Node {
             (other, _) => other.clone(),
         };
         self.link_at(&to_loc, content, true).await?;
-        let id = line.id;
-        let dot = line.dot;
-        let copies = listing.entries.iter().filter(|l| l.id == id).count();
-        self.edit_dir(&src_dir, move |edit| {
-            if copies > 1 {
-                edit.drop_value(id, dot)?;
-            } else {
-                edit.remove(id)?;
-            }
-            Ok(())
-        })
-        .await
+        self.edit_dir(&src_dir, move |edit| unlink(edit, &line))
+            .await
     }
 
     /// The cap of the entry at `location`: for a directory its readcap, or its writecap with

@@ -309,6 +309,7 @@ impl ShareService for Liar {
                 Request::GetVersions { .. } => Response::Versions {
                     versions: vec![serde_bytes::ByteBuf::from(random_bytes(3, 500))],
                     heads: vec![],
+                    more: false,
                 },
             }
         })
