@@ -24,6 +24,11 @@ use crate::NodeError;
 use crate::node::{Inner, Member, Node};
 use crate::slots::{self, Frontier};
 
+/// How often a holder compares the slots it holds with the other holders.
+const SLOT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Delay before the first comparison after start (the others are reachable by then).
+const FIRST_SLOT_SYNC: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How many holders keep each directory's versions.
 pub const DIR_REPLICAS: usize = 3;
 
@@ -182,7 +187,7 @@ async fn fetch_versions(
     holder: &Member,
     slot: SlotId,
     mut have: Vec<VersionId>,
-) -> Result<Vec<Vec<u8>>, String> {
+) -> Result<Vec<(VersionId, Vec<u8>)>, String> {
     let mut out = Vec::new();
     loop {
         let request = Request::GetVersions {
@@ -193,8 +198,9 @@ async fn fetch_versions(
             Ok(Response::Versions { versions, more, .. }) => {
                 let complete = !more || versions.is_empty();
                 for bytes in versions {
-                    have.push(VersionId::from_bytes(*blake3::hash(&bytes).as_bytes()));
-                    out.push(bytes.into_vec());
+                    let id = VersionId::from_bytes(*blake3::hash(&bytes).as_bytes());
+                    have.push(id);
+                    out.push((id, bytes.into_vec()));
                 }
                 if complete {
                     return Ok(out);
@@ -272,7 +278,7 @@ impl Node {
             let have = have.to_vec();
             set.spawn(async move {
                 let answer = fetch_versions(&inner, &holder, slot, have).await;
-                (holder.id, answer)
+                (holder, answer)
             });
         }
         let mut seen: HashSet<VersionId> = HashSet::new();
@@ -280,8 +286,13 @@ impl Node {
             versions: Vec::new(),
             answered: 0,
         };
+        // Which versions each holder sent, to hand the others what they lack.
+        let mut sent_by: Vec<(Member, HashSet<VersionId>)> = Vec::new();
         while let Some(joined) = set.join_next().await {
-            let Ok((peer, answer)) = joined else { continue };
+            let Ok((holder, answer)) = joined else {
+                continue;
+            };
+            let peer = holder.id;
             let versions = match answer {
                 Ok(versions) => versions,
                 Err(e) => {
@@ -290,6 +301,13 @@ impl Node {
                 }
             };
             gathered.answered += 1;
+            sent_by.push((holder, versions.iter().map(|(id, _)| *id).collect()));
+            // Versions another holder already sent were checked then.
+            let versions: Vec<Vec<u8>> = versions
+                .into_iter()
+                .filter(|(id, _)| !seen.contains(id))
+                .map(|(_, bytes)| bytes)
+                .collect();
             let cap = cap.clone();
             let opened = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
@@ -317,7 +335,34 @@ impl Node {
                 }
             }
         }
+        self.repair_holders(&gathered, sent_by);
         gathered
+    }
+
+    /// Read repair: hands each holder that answered the versions the others sent and it
+    /// lacked (it was offline during an update), in the background.
+    fn repair_holders(&self, gathered: &Gathered, sent_by: Vec<(Member, HashSet<VersionId>)>) {
+        for (holder, sent) in sent_by {
+            let missing: Vec<Vec<u8>> = gathered
+                .versions
+                .iter()
+                .filter(|(v, _)| !sent.contains(&v.id()))
+                .map(|(v, _)| v.as_bytes().to_vec())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            debug!(peer = %holder.id.fmt_short(), versions = missing.len(), "repairing a holder that lacks directory versions");
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                for version in missing {
+                    let request = Request::PutVersion { version };
+                    if inner.request(&holder, &request).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
     }
 
     /// Removes the slot's state from the cache, for an edit in place.
@@ -514,6 +559,31 @@ impl Node {
         Ok(result)
     }
 
+    /// Starts the background catch-up of held slots: soon after start (a holder that was
+    /// offline), then every [`SLOT_SYNC_INTERVAL`].
+    pub(crate) async fn spawn_slot_sync(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.lock().await.spawn(async move {
+            let mut wait = FIRST_SLOT_SYNC;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let node = Node { inner };
+                match node.sync_slots().await {
+                    Ok(0) => {}
+                    Ok(added) => debug!(added, "caught up on directory versions"),
+                    Err(e) => warn!(error = %e, "directory catch-up failed"),
+                }
+                drop(node);
+                wait = SLOT_SYNC_INTERVAL;
+            }
+        });
+    }
+
     /// Test knob: pause `delay` between loading a directory and publishing each edit of it,
     /// so edits on two nodes are truly concurrent.
     pub fn set_edit_delay(&self, delay: Option<std::time::Duration>) {
@@ -560,7 +630,7 @@ impl Node {
                 else {
                     continue;
                 };
-                for bytes in versions {
+                for (_, bytes) in versions {
                     match Version::decode(&bytes) {
                         Ok(version) if version.slot() == slot => {
                             if !slots::put_version(self.inner.meta.db(), &version)? {

@@ -93,8 +93,8 @@ pub(crate) struct Inner {
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
     net: OnceLock<Net>,
     serve_delay: Mutex<Option<Duration>>,
-    cancel: CancellationToken,
-    tasks: tokio::sync::Mutex<JoinSet<()>>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
 
 /// A running node. Clone to share.
@@ -195,6 +195,7 @@ impl Node {
         inner.merge_roster(vec![own]);
         let node = Node { inner };
         node.spawn_gossip().await;
+        node.spawn_slot_sync().await;
         info!(node = %id, grid = %grid.grid.fmt_short(), "node started");
         Ok(node)
     }

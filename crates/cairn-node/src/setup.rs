@@ -103,6 +103,7 @@ pub fn init_grid(dir: &NodeDir, options: &InitOptions) -> Result<NodeId, NodeErr
     let config = write_config(dir, options)?;
     save_toml(&dir.grid(), &grid)?;
     keys.save(dir)?;
+    create_root_dir(dir)?;
     let meta = Meta::open(&dir.meta_db())?;
     meta.put_roster(&[RosterEntry {
         cert: keys.cert.clone(),
@@ -160,6 +161,7 @@ pub async fn join_grid(
     let meta = Meta::open(&dir.meta_db())?;
     meta.put_roster(&roster)?;
     keys.save(dir)?;
+    create_root_dir(dir)?;
     Ok(node)
 }
 
@@ -191,6 +193,7 @@ pub fn init_member_offline(
     write_config(dir, options)?;
     save_toml(&dir.grid(), &grid)?;
     keys.save(dir)?;
+    create_root_dir(dir)?;
     Ok(node)
 }
 
@@ -215,3 +218,13 @@ pub fn introduce(dirs: &[NodeDir]) -> Result<(), NodeError> {
 
 /// The default lifetime of an invite code.
 pub const INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Creates the owner's root directory key (`secrets/root.key`, mode 0600). The directory's
+/// first version is published when the node first uses it.
+fn create_root_dir(dir: &NodeDir) -> Result<(), NodeError> {
+    let path = dir.root_dir_key();
+    if !path.exists() {
+        crate::dir::write_secret(&path, &rand::random::<[u8; 32]>())?;
+    }
+    Ok(())
+}

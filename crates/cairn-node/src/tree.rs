@@ -179,7 +179,8 @@ fn child_cap(parent: &DirCap, content: &Content) -> Option<DirCap> {
 }
 
 impl Node {
-    /// The owner's root directory (created on first use).
+    /// The owner's root directory (created at init; nodes made before that get one on first
+    /// use).
     pub fn root_dir(&self) -> Result<DirWriteCap, NodeError> {
         let path = self.dir().root_dir_key();
         if !path.exists() {

@@ -403,3 +403,58 @@ async fn directories_survive_holders_down_and_refuse_forgeries() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_refuses_a_rolled_back_directory() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        grid.node(0).mkdir("/d", false).await.unwrap();
+        let cap = grid.node(0).share("/d", true).await.unwrap();
+        let slot = cap.parse::<DirWriteCap>().unwrap().slot();
+        let ids: Vec<_> = (0..5).map(|i| grid.node(i).id()).collect();
+        let holders: Vec<usize> = grid.node(0).slot_holders(&slot)[..3]
+            .iter()
+            .map(|h| ids.iter().position(|id| id == h).unwrap())
+            .collect();
+        let reader = (1..5).find(|i| !holders.contains(i)).unwrap();
+        let one = put_file(grid.node(0), b"one").await;
+        grid.node(0).link("/d/one", one, false).await.unwrap();
+        assert_eq!(names(&grid.node(reader).ls(&cap).await.unwrap()), ["one"]);
+
+        // Keep the holders' databases as they are now.
+        for &h in &holders {
+            grid.stop(h).await;
+            let db = grid.dir(h).meta_db();
+            std::fs::copy(&db, db.with_extension("old")).unwrap();
+            grid.restart(h).await;
+        }
+        let two = put_file(grid.node(0), b"two").await;
+        grid.node(0).link("/d/two", two, false).await.unwrap();
+        assert_eq!(
+            names(&grid.node(reader).ls(&cap).await.unwrap()),
+            ["one", "two"]
+        );
+
+        // Every holder goes back to the old state; the reader restarts and forgets its cache,
+        // but not the frontier it has seen.
+        for &h in &holders {
+            grid.stop(h).await;
+            let db = grid.dir(h).meta_db();
+            std::fs::copy(db.with_extension("old"), &db).unwrap();
+        }
+        for &h in &holders {
+            grid.restart(h).await;
+        }
+        grid.restart(reader).await;
+        let err = grid.node(reader).ls(&cap).await.unwrap_err();
+        assert!(matches!(err, NodeError::DirRolledBack(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("lack versions this node has already seen"),
+            "{err}"
+        );
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}

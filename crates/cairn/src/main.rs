@@ -327,6 +327,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 outln!("start it with: cairn run --dir {}", dir.root().display());
                 outln!("node id: {id}");
+                print_recovery_kit(&dir)?;
             }
             Ok(())
         }
@@ -347,6 +348,7 @@ async fn run(cli: Cli) -> Result<()> {
                     dir.root().display()
                 );
                 outln!("node id: {id}");
+                print_recovery_kit(&dir)?;
             }
             Ok(())
         }
@@ -498,6 +500,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Quickstart(args) => quickstart::run(args).await,
     }
+}
+
+/// Tells where the root directory's writecap lives and how to print it (never the secret
+/// itself: terminal scrollback and logs keep what they are shown).
+fn print_recovery_kit(dir: &NodeDir) -> Result<()> {
+    let key = dir.root_dir_key();
+    outln!(
+        "your root directory's writecap is in {} (mode 0600); back it up: \
+         `cairn share / --write --dir {}` prints it, and whoever holds it can read and change \
+         everything under your root",
+        key.display(),
+        dir.root().display()
+    );
+    Ok(())
 }
 
 fn init_options(node: &NodeOpts, encoding: Encoding) -> InitOptions {
