@@ -82,6 +82,8 @@ pub(crate) struct Dirs {
     clock: Mutex<Hlc>,
     /// Serialises this node's edits, so two local commands never race on one state.
     edit_lock: tokio::sync::Mutex<()>,
+    /// Directories with conflicts, as last listed: slot -> (location, lines in conflict).
+    conflicts: Mutex<HashMap<SlotId, (String, usize)>>,
     /// Test knob: a pause between loading a directory and publishing an edit of it.
     edit_delay: Mutex<Option<std::time::Duration>>,
 }
@@ -582,6 +584,40 @@ impl Node {
                 wait = SLOT_SYNC_INTERVAL;
             }
         });
+    }
+
+    /// Records how many lines of a listed directory are in conflict (for `status`).
+    pub(crate) fn note_conflicts(&self, slot: SlotId, path: &str, lines: usize) {
+        let mut seen = self
+            .inner
+            .dirs
+            .conflicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if lines == 0 {
+            seen.remove(&slot);
+        } else {
+            seen.insert(slot, (path.to_owned(), lines));
+        }
+    }
+
+    /// Directories last listed with conflicts, by location.
+    pub(crate) fn conflicts_seen(&self) -> Vec<crate::report::DirConflicts> {
+        let seen = self
+            .inner
+            .dirs
+            .conflicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<crate::report::DirConflicts> = seen
+            .values()
+            .map(|(path, lines)| crate::report::DirConflicts {
+                path: path.clone(),
+                lines: *lines,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
     }
 
     /// Test knob: pause `delay` between loading a directory and publishing each edit of it,

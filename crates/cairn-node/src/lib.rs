@@ -35,5 +35,5 @@ pub use error::NodeError;
 pub use get::GetReport;
 pub use node::{Node, SERVE_DELAY_ENV};
 pub use put::{PutOptions, PutReport};
-pub use report::{CheckReport, ChunkHealth, PeerStatus, StatusReport, StorageStatus};
+pub use report::{CheckReport, ChunkHealth, DirConflicts, PeerStatus, StatusReport, StorageStatus};
 pub use tree::{Location, LsEntry, LsReport};

@@ -35,6 +35,19 @@ pub struct StatusReport {
     pub storage: StorageStatus,
     /// Every other member known.
     pub peers: Vec<PeerStatus>,
+    /// Directories listed on this node that hold conflicts (concurrent writes kept side by
+    /// side), as last seen.
+    #[serde(default)]
+    pub conflicts: Vec<DirConflicts>,
+}
+
+/// A directory with conflicting entries.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirConflicts {
+    /// The location it was listed as.
+    pub path: String,
+    /// Lines in conflict.
+    pub lines: usize,
 }
 
 /// Local share storage.
@@ -144,6 +157,7 @@ impl Node {
                 shares: usage.shares,
             },
             peers,
+            conflicts: self.conflicts_seen(),
         })
     }
 

@@ -276,10 +276,12 @@ impl Node {
                 let listing = self.listing(&cap).await?;
                 let entries: Vec<LsEntry> =
                     listing.entries.iter().map(|l| ls_entry(l, &cap)).collect();
+                let conflicts = entries.iter().filter(|e| e.conflict).count();
+                self.note_conflicts(cap.slot(), &location.display(), conflicts);
                 Ok(LsReport {
                     path: location.display(),
                     writable: cap.write_cap().is_some(),
-                    conflicts: entries.iter().filter(|e| e.conflict).count(),
+                    conflicts,
                     entries,
                 })
             }

@@ -273,6 +273,9 @@ async fn concurrent_writers_merge_without_loss() {
         }
         assert!(!n.contains(&"rename-me"), "{n:?}");
         assert_eq!(la.conflicts, 4, "{la:?}");
+        let status = a.status().await.unwrap();
+        assert_eq!(status.conflicts.len(), 1, "{:?}", status.conflicts);
+        assert_eq!(status.conflicts[0].lines, 4);
         // An edit survives a concurrent delete; a rename and a concurrent edit both apply.
         assert_eq!(read(a, "/team/delete-me").await.unwrap(), b"kept edit");
         assert_eq!(read(a, "/team/renamed").await.unwrap(), b"r2");
@@ -302,6 +305,7 @@ async fn concurrent_writers_merge_without_loss() {
             .unwrap();
         let la = a.ls("/team").await.unwrap();
         assert_eq!(la.conflicts, 0, "{la:?}");
+        assert!(a.status().await.unwrap().conflicts.is_empty());
         assert_eq!(la.entries, b.ls("/team").await.unwrap().entries);
         assert_eq!(read(b, "/team/edit-me").await.unwrap(), b"final");
         grid.shutdown().await;

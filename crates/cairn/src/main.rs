@@ -732,6 +732,12 @@ fn print_status(s: &StatusReport) -> Result<()> {
             size::human(p.received)
         );
     }
+    if !s.conflicts.is_empty() {
+        outln!("conflicts (concurrent writes kept side by side; see `cairn ls -l`):");
+        for c in &s.conflicts {
+            outln!("  {}  {} entries", c.path, c.lines);
+        }
+    }
     Ok(())
 }
 
