@@ -2,11 +2,12 @@
 //! so only the parent's writers can open it) or a symlink; and the metadata kept beside it.
 
 use cairn_core::crypto::{ReadKey, open_with, seal_with};
-use cairn_core::{Cap, DirReadCap, DirWriteCap, LiteralCap, ReadCap, ShareRoot};
+use cairn_core::{Cap, DirReadCap, DirWriteCap, LiteralCap, NodeId, ReadCap, ShareRoot, SlotId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use crate::DirError;
+use crate::hlc::Hlc;
 
 /// Derive-key context of the key that seals a child's writecap (from parent seed and salt).
 const CHILD_WRITECAP_CONTEXT: &str = "cairn 2026 dir child writecap v1";
@@ -38,6 +39,8 @@ pub enum Content {
         write: Option<SealedWriteCap>,
         /// Mode and mtime.
         meta: Meta,
+        /// Set when the directory came here, or left from here, by a move between directories.
+        moved: Option<Box<MoveMark>>,
     },
     /// A symbolic link.
     Symlink {
@@ -61,13 +64,15 @@ impl PartialEq for Content {
                     read: a,
                     write: wa,
                     meta: m,
+                    moved: ma,
                 },
                 Content::Dir {
                     read: b,
                     write: wb,
                     meta: n,
+                    moved: mb,
                 },
-            ) => a == b && wa.is_some() == wb.is_some() && m == n,
+            ) => a == b && wa.is_some() == wb.is_some() && m == n && ma == mb,
             (Content::Symlink { target: a, meta: m }, Content::Symlink { target: b, meta: n }) => {
                 a == b && m == n
             }
@@ -108,6 +113,76 @@ impl Content {
             read: child.read_cap(),
             write: Some(SealedWriteCap::seal(parent, child, salt)),
             meta,
+            moved: None,
+        }
+    }
+
+    /// The move mark of a subdirectory entry, if any.
+    pub fn move_mark(&self) -> Option<&MoveMark> {
+        match self {
+            Content::Dir { moved, .. } => moved.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The same content without a move mark (how a listing shows a subdirectory).
+    pub fn without_move_mark(&self) -> Content {
+        match self {
+            Content::Dir {
+                read, write, meta, ..
+            } => Content::Dir {
+                read: read.clone(),
+                write: write.clone(),
+                meta: *meta,
+                moved: None,
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// One move of a directory between directories, recorded in both: in the source entry (which
+/// then hides) as [`MoveMark::Out`], in the new destination entry as [`MoveMark::In`]. Readers
+/// order moves by [`Move::order`] and cancel one that would put a directory inside itself (see
+/// [`Listing::of_with`](crate::Listing::of_with)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// The directory moved.
+    pub dir: SlotId,
+    /// The directory it left.
+    pub from: SlotId,
+    /// The directory it went to.
+    pub to: SlotId,
+    /// The directories from the mover's starting point down to `to` (inclusive), as the mover
+    /// saw them: where to look for earlier moves that changed `to`'s ancestors.
+    pub path: Vec<SlotId>,
+    /// When.
+    pub at: Hlc,
+    /// Who moved it.
+    pub writer: NodeId,
+}
+
+impl Move {
+    /// The order moves are applied in: time, then writer, then the directories.
+    pub fn order(&self) -> (Hlc, NodeId, SlotId, SlotId, SlotId) {
+        (self.at, self.writer, self.dir, self.from, self.to)
+    }
+}
+
+/// Which side of a move an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveMark {
+    /// The directory arrived here by this move (shown unless the move is cancelled).
+    In(Move),
+    /// The directory left here by this move (hidden unless the move is cancelled).
+    Out(Move),
+}
+
+impl MoveMark {
+    /// The move.
+    pub fn movement(&self) -> &Move {
+        match self {
+            MoveMark::In(m) | MoveMark::Out(m) => m,
         }
     }
 }

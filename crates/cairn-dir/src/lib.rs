@@ -28,7 +28,7 @@ mod version;
 mod view;
 
 pub use cairn_core::VersionId;
-pub use content::{Content, FileRef, Meta, SealedWriteCap};
+pub use content::{Content, FileRef, Meta, Move, MoveMark, SealedWriteCap};
 pub use context::{CausalContext, Dot, VersionVector};
 pub use edit::{Edit, Undo};
 pub use error::DirError;

@@ -6,14 +6,15 @@
 //! `YYYYMMDDTHHMMSSZ`). When two entries share a name (created concurrently), the one written
 //! last keeps it and the others get conflict names the same way. Nothing is hidden.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use cairn_core::NodeId;
 
-use crate::content::Content;
+use crate::content::{Content, Move, MoveMark};
 use crate::context::Dot;
 use crate::hlc::Hlc;
-use crate::state::{DirState, EntryId, Stamped};
+use crate::state::{DirState, EntryId};
 
 /// One line of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,20 @@ pub fn utc_minutes(millis: u64) -> String {
     )
 }
 
+/// How a value shows: a directory that moved away hides (unless the move was cancelled), one
+/// that arrived by a cancelled move hides; marks are dropped from what shows.
+fn shown_content<'a>(
+    value: &'a Content,
+    cancelled: &dyn Fn(&Move) -> bool,
+) -> Option<Cow<'a, Content>> {
+    match value.move_mark() {
+        None => Some(Cow::Borrowed(value)),
+        Some(MoveMark::Out(m)) if !cancelled(m) => None,
+        Some(MoveMark::In(m)) if cancelled(m) => None,
+        Some(_) => Some(Cow::Owned(value.without_move_mark())),
+    }
+}
+
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -99,6 +114,16 @@ impl Listing {
     /// The line named `name` in the listing of `state`, without building the whole listing
     /// when the name is held by one entry with one value (the common case).
     pub fn lookup(state: &DirState, name: &str) -> Option<Listed> {
+        Listing::lookup_with(state, name, &|_| false)
+    }
+
+    /// [`lookup`](Self::lookup) with the moves `cancelled` says were undone (see
+    /// [`of_with`](Self::of_with)).
+    pub fn lookup_with(
+        state: &DirState,
+        name: &str,
+        cancelled: &dyn Fn(&Move) -> bool,
+    ) -> Option<Listed> {
         if !name.contains(".conflict-") && !name.starts_with("unnamed-") {
             let holds = |entry: &crate::state::Entry| {
                 entry.is_alive() && entry.name.winner().is_some_and(|(_, n)| n.value == name)
@@ -119,11 +144,12 @@ impl Listing {
                     if let (Some((dot, first)), None) = (values.next(), values.next())
                         && entry.name.0.len() == 1
                     {
+                        let content = shown_content(&first.value, cancelled)?.into_owned();
                         return Some(Listed {
                             name: name.to_owned(),
                             id: *id,
                             dot: *dot,
-                            content: first.value.clone(),
+                            content,
                             changed: first.hlc,
                             conflict: false,
                         });
@@ -132,11 +158,18 @@ impl Listing {
                 _ => {}
             }
         }
-        Listing::of(state).get(name).cloned()
+        Listing::of_with(state, cancelled).get(name).cloned()
     }
 
-    /// The listing of `state`.
+    /// The listing of `state`, every move taken as done.
     pub fn of(state: &DirState) -> Listing {
+        Listing::of_with(state, &|_| false)
+    }
+
+    /// The listing of `state`. A subdirectory that left by a move hides, and one that arrived
+    /// by a move shows, unless `cancelled` says the move was undone (it would have put a
+    /// directory inside itself): then the reverse.
+    pub fn of_with(state: &DirState, cancelled: &dyn Fn(&Move) -> bool) -> Listing {
         let mut lines: Vec<Listed> = Vec::with_capacity(state.entries.len());
         for (id, entry) in &state.entries {
             if !entry.is_alive() {
@@ -144,34 +177,40 @@ impl Listing {
             }
             let name = shown_name(*id, entry);
             // Distinct values, latest first: the first is the entry's main line.
-            let mut values: Vec<(Dot, &Stamped<Content>)> =
-                entry.content.0.iter().map(|(d, v)| (*d, v)).collect();
+            let mut values: Vec<(Dot, Hlc, Cow<'_, Content>)> = entry
+                .content
+                .0
+                .iter()
+                .filter_map(|(d, v)| shown_content(&v.value, cancelled).map(|c| (*d, v.hlc, c)))
+                .collect();
             if values.len() > 1 {
-                values.sort_by_key(|v| std::cmp::Reverse((v.1.hlc, v.0)));
-                let mut distinct: Vec<(Dot, &Stamped<Content>)> = Vec::new();
+                values.sort_by_key(|v| std::cmp::Reverse((v.1, v.0)));
+                let mut distinct: Vec<(Dot, Hlc, Cow<'_, Content>)> = Vec::new();
                 for value in values {
-                    if !distinct.iter().any(|kept| kept.1.value == value.1.value) {
+                    if !distinct.iter().any(|kept| kept.2 == value.2) {
                         distinct.push(value);
                     }
                 }
                 values = distinct;
             }
-            let Some(&(main_dot, main)) = values.first() else {
+            let mut values = values.into_iter();
+            let Some((main_dot, main_hlc, main)) = values.next() else {
                 continue;
             };
+            let copies: Vec<(Dot, Hlc, Cow<'_, Content>)> = values.collect();
             let renamed = entry
                 .name
                 .0
                 .values()
                 .any(|n| n.value != entry.name.winner().map_or("", |w| w.1.value.as_str()));
-            let conflict = values.len() > 1 || renamed;
-            for &(dot, value) in &values[1..] {
+            let conflict = !copies.is_empty() || renamed;
+            for (dot, hlc, value) in copies {
                 lines.push(Listed {
-                    name: conflict_name(&name, &dot.writer, value.hlc),
+                    name: conflict_name(&name, &dot.writer, hlc),
                     id: *id,
                     dot,
-                    content: value.value.clone(),
-                    changed: value.hlc,
+                    content: value.into_owned(),
+                    changed: hlc,
                     conflict: true,
                 });
             }
@@ -179,8 +218,8 @@ impl Listing {
                 name,
                 id: *id,
                 dot: main_dot,
-                content: main.value.clone(),
-                changed: main.hlc,
+                content: main.into_owned(),
+                changed: main_hlc,
                 conflict,
             });
         }

@@ -82,6 +82,8 @@ pub(crate) struct Dirs {
     clock: Mutex<Hlc>,
     /// Serialises this node's edits, so two local commands never race on one state.
     edit_lock: tokio::sync::Mutex<()>,
+    /// The readcap of every directory this node has read, to judge moves through it.
+    caps: Mutex<HashMap<SlotId, DirReadCap>>,
     /// Directories with conflicts, as last listed: slot -> (location, lines in conflict).
     conflicts: Mutex<HashMap<SlotId, (String, usize)>>,
     /// Test knob: a pause between loading a directory and publishing an edit of it.
@@ -254,7 +256,7 @@ impl Node {
         }
     }
 
-    fn tick_clock(&self) -> Hlc {
+    pub(crate) fn tick_clock(&self) -> Hlc {
         let mut clock = self
             .inner
             .dirs
@@ -367,6 +369,17 @@ impl Node {
         }
     }
 
+    /// The readcap this node used for `slot`, if it has read it.
+    pub(crate) fn known_cap(&self, slot: &SlotId) -> Option<DirReadCap> {
+        let caps = self
+            .inner
+            .dirs
+            .caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        caps.get(slot).cloned()
+    }
+
     /// Removes the slot's state from the cache, for an edit in place.
     fn take_cached(&self, slot: &SlotId) -> Option<Cached> {
         let taken = {
@@ -385,6 +398,13 @@ impl Node {
     /// that it lacks.
     pub(crate) async fn load_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
         let slot = cap.slot();
+        self.inner
+            .dirs
+            .caps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slot)
+            .or_insert_with(|| cap.clone());
         let cached = self.cached(&slot);
         let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
         let gathered = self.gather(cap, &have).await;

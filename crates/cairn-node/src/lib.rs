@@ -21,6 +21,7 @@ mod dirs;
 mod error;
 mod get;
 mod meta;
+mod moves;
 mod node;
 mod put;
 mod report;

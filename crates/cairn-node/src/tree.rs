@@ -11,12 +11,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_core::cap::Cap;
 use cairn_core::{DirWriteCap, SlotId};
-use cairn_dir::{Content, EntryId, Listed, Listing, Meta, check_name};
+use cairn_dir::{
+    Content, EntryId, Listed, Listing, Meta, Move, MoveMark, SealedWriteCap, check_name,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
 use crate::dir::{read_secret, write_secret};
 use crate::dirs::DirCap;
+use crate::moves::{Verdicts, marks};
 use crate::node::Node;
 
 /// A parsed location: where the walk starts, and the names below it.
@@ -189,15 +192,31 @@ impl Node {
         Ok(DirWriteCap::from_seed(*read_secret(&path)?))
     }
 
+    /// Judges the moves recorded in the directory (those of entries that may be named `names`,
+    /// or all).
+    async fn verdicts(&self, cap: &DirCap, names: Option<&[&str]>) -> Result<Verdicts, NodeError> {
+        let cached = self.load_dir(&cap.read_cap()).await?;
+        let moves = marks(&cached.state, names);
+        drop(cached);
+        if moves.is_empty() {
+            return Ok(Verdicts::default());
+        }
+        Ok(self.judge(moves).await)
+    }
+
     /// The line named `name` in the directory.
     async fn lookup(&self, cap: &DirCap, name: &str) -> Result<Option<Listed>, NodeError> {
+        let verdicts = self.verdicts(cap, Some(&[name])).await?;
         let cached = self.load_dir(&cap.read_cap()).await?;
-        Ok(Listing::lookup(&cached.state, name))
+        Ok(Listing::lookup_with(&cached.state, name, &|m| {
+            verdicts.cancelled(m)
+        }))
     }
 
     async fn listing(&self, cap: &DirCap) -> Result<Listing, NodeError> {
+        let verdicts = self.verdicts(cap, None).await?;
         let cached = self.load_dir(&cap.read_cap()).await?;
-        Ok(Listing::of(&cached.state))
+        Ok(Listing::of_with(&cached.state, &|m| verdicts.cancelled(m)))
     }
 
     fn walk_start(&self, location: &Location) -> Result<Target, NodeError> {
@@ -352,8 +371,9 @@ impl Node {
             );
             let name = name.clone();
             let taken = here.clone();
+            let verdicts = self.verdicts(&cap, Some(&[name.as_str()])).await?;
             self.edit_dir(parent, move |edit| {
-                if Listing::lookup(edit.state(), &name).is_some() {
+                if Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m)).is_some() {
                     return Err(NodeError::AlreadyExists(taken));
                 }
                 edit.create(EntryId(rand::random()), &name, content)?;
@@ -385,8 +405,11 @@ impl Node {
     ) -> Result<(), NodeError> {
         let (parent, name, _) = self.parent_for_write(location).await?;
         let shown = location.display();
+        let verdicts = self
+            .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
+            .await?;
         self.edit_dir(&parent, move |edit| {
-            let existing = Listing::lookup(edit.state(), &name);
+            let existing = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m));
             match existing {
                 None => edit.create(EntryId(rand::random()), &name, content)?,
                 Some(line) if line.content.is_dir() => {
@@ -438,12 +461,23 @@ impl Node {
             return Err(NodeError::ReadOnly(location.display()));
         };
         let shown = location.display();
+        let verdicts = self.verdicts(&DirCap::Write(parent.clone()), None).await?;
         self.edit_dir(&parent, move |edit| {
-            let listing = Listing::of(edit.state());
+            let listing = Listing::of_with(edit.state(), &|m| verdicts.cancelled(m));
             let count = items.len();
+            // Names this batch created, so a name given twice replaces instead of doubling.
+            let mut created: std::collections::HashMap<String, EntryId> = Default::default();
             for (name, content) in items {
+                if let Some(&id) = created.get(&name) {
+                    edit.set_content(id, content)?;
+                    continue;
+                }
                 match listing.get(&name) {
-                    None => edit.create(EntryId(rand::random()), &name, content)?,
+                    None => {
+                        let id = EntryId(rand::random());
+                        edit.create(id, &name, content)?;
+                        created.insert(name, id);
+                    }
                     Some(line) if line.content.is_dir() => {
                         return Err(NodeError::IsADirectory(format!("{shown}/{name}")));
                     }
@@ -460,8 +494,11 @@ impl Node {
         let location = Location::parse(location)?;
         let (parent, name, _) = self.parent_for_write(&location).await?;
         let shown = location.display();
+        let verdicts = self
+            .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
+            .await?;
         self.edit_dir(&parent, move |edit| {
-            let line = Listing::lookup(edit.state(), &name)
+            let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m))
                 .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
             if line.content.is_dir() && !recursive {
                 return Err(NodeError::IsADirectory(format!(
@@ -515,9 +552,14 @@ impl Node {
         let shown = to_loc.display();
         if dst_dir.slot() == src_dir.slot() {
             let id = line.id;
+            let verdicts = self
+                .verdicts(&DirCap::Write(src_dir.clone()), Some(&[dst_name.as_str()]))
+                .await?;
             return self
                 .edit_dir(&src_dir, move |edit| {
-                    if let Some(existing) = Listing::lookup(edit.state(), &dst_name) {
+                    let existing =
+                        Listing::lookup_with(edit.state(), &dst_name, &|m| verdicts.cancelled(m));
+                    if let Some(existing) = existing {
                         if existing.id == id {
                             return Ok(());
                         }
@@ -531,20 +573,65 @@ impl Node {
                 })
                 .await;
         }
-        // Between directories: add at the destination first, then remove at the source, so a
-        // failure in between leaves the entry in both places, never in neither.
-        let content = match (
+        // Between directories: add at the destination first, then mark or remove at the source,
+        // so a failure in between leaves the entry in both places, never in neither. A
+        // directory's move is recorded on both sides, so that readers can cancel one of two
+        // concurrent moves that would nest directories in each other (see `moves`).
+        let single_value = !line.conflict;
+        match (
             &line.content,
             child_cap(&DirCap::Write(src_dir.clone()), &line.content),
         ) {
-            (Content::Dir { meta, .. }, Some(DirCap::Write(child))) => {
-                Content::dir(&dst_dir, &child, rand::random(), *meta)
+            (
+                Content::Dir {
+                    read, write, meta, ..
+                },
+                Some(child),
+            ) if single_value => {
+                let mut path = passed;
+                path.push(dst_dir.slot());
+                let movement = Move {
+                    dir: child.slot(),
+                    from: src_dir.slot(),
+                    to: dst_dir.slot(),
+                    path,
+                    at: self.tick_clock(),
+                    writer: self.id(),
+                };
+                let incoming = Content::Dir {
+                    read: child.read_cap(),
+                    write: child
+                        .write_cap()
+                        .map(|c| SealedWriteCap::seal(&dst_dir, c, rand::random())),
+                    meta: *meta,
+                    moved: Some(Box::new(MoveMark::In(movement.clone()))),
+                };
+                self.link_at(&to_loc, incoming, true).await?;
+                let outgoing = Content::Dir {
+                    read: read.clone(),
+                    write: write.clone(),
+                    meta: *meta,
+                    moved: Some(Box::new(MoveMark::Out(movement))),
+                };
+                let id = line.id;
+                self.edit_dir(&src_dir, move |edit| {
+                    edit.set_content(id, outgoing)?;
+                    Ok(())
+                })
+                .await
             }
-            (other, _) => other.clone(),
-        };
-        self.link_at(&to_loc, content, true).await?;
-        self.edit_dir(&src_dir, move |edit| unlink(edit, &line))
-            .await
+            (content, child) => {
+                let content = match (content, child) {
+                    (Content::Dir { meta, .. }, Some(DirCap::Write(child))) => {
+                        Content::dir(&dst_dir, &child, rand::random(), *meta)
+                    }
+                    (other, _) => other.clone(),
+                };
+                self.link_at(&to_loc, content, true).await?;
+                self.edit_dir(&src_dir, move |edit| unlink(edit, &line))
+                    .await
+            }
+        }
     }
 
     /// The cap of the entry at `location`: for a directory its readcap, or its writecap with
@@ -588,6 +675,7 @@ impl Node {
                 read,
                 write: None,
                 meta,
+                moved: None,
             },
             Cap::Verify(_) => return Err(NodeError::VerifyCapCannotRead),
             other => Content::File {

@@ -462,3 +462,67 @@ async fn a_reader_refuses_a_rolled_back_directory() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_moves_never_nest_two_directories_in_each_other() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let (a, b, c) = (grid.node(0), grid.node(1), grid.node(2));
+        a.mkdir("/team/x", true).await.unwrap();
+        a.mkdir("/team/y", true).await.unwrap();
+        a.link("/team/x/in-x", put_file(a, b"x").await, false)
+            .await
+            .unwrap();
+        a.link("/team/y/in-y", put_file(a, b"y").await, false)
+            .await
+            .unwrap();
+        let cap = a.share("/team", true).await.unwrap();
+        b.attach(&cap, "/team").await.unwrap();
+        let read_cap = a.share("/team", false).await.unwrap();
+        assert_eq!(names(&b.ls("/team").await.unwrap()), ["x", "y"]);
+
+        // `mv x y/` against `mv y x/`, truly concurrent.
+        a.set_edit_delay(Some(Duration::from_millis(400)));
+        b.set_edit_delay(Some(Duration::from_millis(400)));
+        let (ra, rb) = tokio::join!(a.mv("/team/x", "/team/y"), b.mv("/team/y", "/team/x"));
+        ra.unwrap();
+        rb.unwrap();
+        a.set_edit_delay(None);
+        b.set_edit_delay(None);
+
+        // One move stands, the other is cancelled: one directory stays, the other is inside it,
+        // and every member sees the same.
+        let top = names(&a.ls("/team").await.unwrap())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert_eq!(top.len(), 1, "{top:?}");
+        let (outer, inner) = if top[0] == "x" {
+            ("x", "y")
+        } else {
+            ("y", "x")
+        };
+        assert_eq!(names(&b.ls("/team").await.unwrap()), [outer]);
+        assert_eq!(names(&c.ls(&read_cap).await.unwrap()), [outer]);
+        let outer_listing = a.ls(&format!("/team/{outer}")).await.unwrap();
+        assert_eq!(
+            names(&outer_listing),
+            [format!("in-{outer}").as_str(), inner]
+        );
+        let inner_listing = b.ls(&format!("/team/{outer}/{inner}")).await.unwrap();
+        assert_eq!(names(&inner_listing), [format!("in-{inner}")]);
+        // Nothing lost, no cycle: the tree walk ends and holds both files.
+        let tree = c.walk_tree(&read_cap).await.unwrap();
+        let paths: Vec<&str> = tree.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths.len(), 4, "{paths:?}");
+        for file in ["in-x", "in-y"] {
+            assert!(
+                paths.iter().any(|p| p.ends_with(file)),
+                "{file} lost: {paths:?}"
+            );
+        }
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}

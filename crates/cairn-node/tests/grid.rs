@@ -6,7 +6,7 @@ use std::time::Duration;
 use cairn_core::cap::Cap;
 use cairn_core::cert::{GridKey, Roles};
 use cairn_core::id::NodeId;
-use cairn_core::wire::{Hello, Request, Response, RosterEntry};
+use cairn_core::wire::{Hello, Refusal, Request, Response, RosterEntry};
 use cairn_net::{BoxFuture, Membership, Net, NetConfig, NetError, ShareService};
 use cairn_node::{NodeError, NodeKeys, PutOptions};
 use cairn_testkit::{GridOptions, TestGrid, random_bytes};
@@ -306,6 +306,9 @@ impl ShareService for Liar {
                 }
                 Request::Roster { .. } => Response::Roster(vec![]),
                 Request::PutVersion { .. } => Response::Stored { already: false },
+                Request::PutShares { .. } | Request::GetShares { .. } => {
+                    Response::Refused(Refusal::Internal)
+                }
                 Request::GetVersions { .. } => Response::Versions {
                     versions: vec![serde_bytes::ByteBuf::from(random_bytes(3, 500))],
                     heads: vec![],
