@@ -29,6 +29,9 @@ const SLOT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3
 /// Delay before the first comparison after start (the others are reachable by then).
 const FIRST_SLOT_SYNC: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A node forgets settled deleted entries of a directory once per this many of its edits.
+const GC_EVERY_EDITS: u32 = 64;
+
 /// How many holders keep each directory's versions.
 pub const DIR_REPLICAS: usize = 3;
 
@@ -73,6 +76,8 @@ pub(crate) struct Cached {
     pub(crate) state: DirState,
     pub(crate) heads: Vec<VersionId>,
     pub(crate) depth: u64,
+    /// Edits made here since deleted entries were last collected.
+    edits_since_gc: u32,
 }
 
 /// The node's directory caches and clock.
@@ -519,6 +524,7 @@ impl Node {
             state: DirState::default(),
             heads: vec![id],
             depth: 1,
+            edits_since_gc: 0,
         });
         self.remember(&slot, &cached)
     }
@@ -546,6 +552,14 @@ impl Node {
         // Edit the cached state in place (no copy of a large directory); an edit that fails or
         // cannot be published is undone.
         let mut next = self.take_cached(&slot).unwrap_or_default();
+        next.edits_since_gc += 1;
+        if next.edits_since_gc >= GC_EVERY_EDITS {
+            next.edits_since_gc = 0;
+            let dropped = next.state.collect_garbage();
+            if dropped > 0 {
+                debug!(slot = %slot.fmt_short(), dropped, "forgot deleted entries no writer can still edit");
+            }
+        }
         let hlc = self.tick_clock();
         let me = self.id();
         let min_counter = next.state.frontiers.get(&me).map_or(0, |f| f.get(&me));
