@@ -102,6 +102,25 @@ impl Version {
         body: &VersionBody,
         salt: [u8; 32],
     ) -> Version {
+        let plain = postcard::to_stdvec(body).unwrap_or_default();
+        Version::seal_encoded(cap, parents, depth, snapshot, plain, salt)
+    }
+
+    /// The encoded body a snapshot of `state` by `writer` at `hlc` would carry (the same bytes
+    /// as a [`VersionBody`] holding it, without copying the state).
+    pub fn encode_body(writer: &NodeId, hlc: &Hlc, state: &DirState) -> Vec<u8> {
+        postcard::to_stdvec(&(writer, hlc, state)).unwrap_or_default()
+    }
+
+    /// [`seal`](Self::seal) of a body already encoded (by [`encode_body`](Self::encode_body)).
+    pub fn seal_encoded(
+        cap: &DirWriteCap,
+        parents: Vec<VersionId>,
+        depth: u64,
+        snapshot: bool,
+        plain: Vec<u8>,
+        salt: [u8; 32],
+    ) -> Version {
         let read = cap.read_cap();
         let mut signed = Signed {
             format: FORMAT,
@@ -112,7 +131,6 @@ impl Version {
             salt,
             ciphertext: Vec::new(),
         };
-        let plain = postcard::to_stdvec(body).unwrap_or_default();
         let key = body_key(read.key.as_bytes(), &salt);
         signed.ciphertext = seal_with(&key, &signed.aad(), plain);
         let signature = cap.signing_key().sign(&signed.signed_bytes());
@@ -239,6 +257,15 @@ mod tests {
         // Same content, fresh salt: different ciphertext and id.
         let again = Version::seal(&cap, vec![], 1, true, &body(), [4; 32]);
         assert_ne!(again.id(), version.id());
+    }
+
+    #[test]
+    fn an_encoded_body_is_the_body() {
+        let b = body();
+        assert_eq!(
+            Version::encode_body(&b.writer, &b.hlc, &b.state),
+            postcard::to_stdvec(&b).unwrap()
+        );
     }
 
     #[test]

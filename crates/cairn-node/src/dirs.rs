@@ -29,6 +29,11 @@ const SLOT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3
 /// Delay before the first comparison after start (the others are reachable by then).
 const FIRST_SLOT_SYNC: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// A writer snapshots a directory once this many versions follow the latest snapshot.
+const SNAPSHOT_EVERY: u64 = 256;
+/// The largest encoded snapshot (it must fit one answer of a holder, with room to spare).
+const SNAPSHOT_LIMIT: usize = 16 * 1024 * 1024;
+
 /// A node forgets settled deleted entries of a directory once per this many of its edits.
 const GC_EVERY_EDITS: u32 = 64;
 
@@ -78,6 +83,8 @@ pub(crate) struct Cached {
     pub(crate) depth: u64,
     /// Edits made here since deleted entries were last collected.
     edits_since_gc: u32,
+    /// Depth of the latest snapshot joined or written (0: none).
+    snapshot_depth: u64,
 }
 
 /// The node's directory caches and clock.
@@ -438,12 +445,16 @@ impl Node {
         let mut cited: HashSet<VersionId> = HashSet::new();
         for (version, body) in &fresh {
             self.observe_clock(body.hlc);
+            // A version is new if it brings writes not seen, or follows a head (a snapshot
+            // brings none); otherwise it is history a lagging holder sent again.
+            let follows = version.parents().iter().any(|p| heads.contains(p));
             cited.extend(version.parents().iter().copied());
-            if !context_within(&body.state.context, &next.state.context) {
+            if follows || !context_within(&body.state.context, &next.state.context) {
                 heads.insert(version.id());
                 next.depth = next.depth.max(version.depth());
             }
             if version.is_snapshot() {
+                next.snapshot_depth = next.snapshot_depth.max(version.depth());
                 next.state.join(&body.state);
             } else {
                 next.state.join_delta(&body.state);
@@ -525,6 +536,7 @@ impl Node {
             heads: vec![id],
             depth: 1,
             edits_since_gc: 0,
+            snapshot_depth: 1,
         });
         self.remember(&slot, &cached)
     }
@@ -591,8 +603,38 @@ impl Node {
         }
         next.heads = vec![id];
         next.depth = depth;
+        if depth.saturating_sub(next.snapshot_depth) >= SNAPSHOT_EVERY {
+            self.publish_snapshot(cap, &mut next).await;
+        }
         self.remember(&slot, &Arc::new(next))?;
         Ok(result)
+    }
+
+    /// Publishes the whole state as a snapshot version after the current heads, so readers
+    /// without a copy fetch it and what follows instead of the whole history. A state too large
+    /// for one answer is not snapshotted (its history keeps growing; noted in the log).
+    async fn publish_snapshot(&self, cap: &DirWriteCap, next: &mut Cached) {
+        let slot = cap.slot();
+        next.state.collect_garbage();
+        let me = self.id();
+        let hlc = self.tick_clock();
+        let plain = Version::encode_body(&me, &hlc, &next.state);
+        if plain.len() > SNAPSHOT_LIMIT {
+            warn!(slot = %slot.fmt_short(), bytes = plain.len(), "directory too large to snapshot in one version; readers without a copy fetch its whole history");
+            next.snapshot_depth = next.depth;
+            return;
+        }
+        let depth = next.depth + 1;
+        let version =
+            Version::seal_encoded(cap, next.heads.clone(), depth, true, plain, rand::random());
+        let id = version.id();
+        if self.push_version(&slot, version.into_bytes()).await == 0 {
+            return;
+        }
+        debug!(slot = %slot.fmt_short(), depth, "published a directory snapshot");
+        next.heads = vec![id];
+        next.depth = depth;
+        next.snapshot_depth = depth;
     }
 
     /// Starts the background catch-up of held slots: soon after start (a holder that was

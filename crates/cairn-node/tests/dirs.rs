@@ -526,3 +526,42 @@ async fn concurrent_moves_never_nest_two_directories_in_each_other() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_read_from_its_latest_snapshot() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let writer = grid.node(0);
+        writer.mkdir("/log", false).await.unwrap();
+        let file = put_file(writer, b"same small file").await;
+        for i in 0..300 {
+            writer
+                .link(&format!("/log/{i:03}"), file.clone(), false)
+                .await
+                .unwrap();
+        }
+        for i in 0..20 {
+            writer.rm(&format!("/log/{i:03}"), false).await.unwrap();
+        }
+        let cap: DirReadCap = writer.share("/log", false).await.unwrap().parse().unwrap();
+        // A holder answers a reader with no copy from the snapshot on: not the 320 edits.
+        let holder = writer.slot_holders(&cap.slot())[0];
+        let holder = (0..5)
+            .map(|i| grid.node(i))
+            .find(|n| n.id() == holder)
+            .unwrap();
+        let sent = holder.held_versions(&cap.slot()).unwrap();
+        assert!(sent.len() < 80, "{} versions sent", sent.len());
+        // And that is the whole directory.
+        let reader = (0..5)
+            .map(|i| grid.node(i))
+            .find(|n| n.id() != writer.id() && n.id() != holder.id())
+            .unwrap();
+        let listing = reader.ls(&Cap::DirRead(cap).to_string()).await.unwrap();
+        assert_eq!(listing.entries.len(), 280);
+        assert_eq!(listing.entries[0].name, "020");
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
