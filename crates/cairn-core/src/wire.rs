@@ -36,6 +36,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_FRAME: usize = 20 * 1024 * 1024;
 /// The largest number of roots one [`Request::HeldShares`] may ask about.
 pub const MAX_HELD_QUERY: usize = 1024;
+/// The most shares one [`Request::PutShares`] or [`Request::GetShares`] may carry (and so the
+/// most answers one [`Response::StoredMany`] or [`Response::Shares`] may carry).
+pub const MAX_SHARE_BATCH: usize = 1024;
 /// The largest roster a message may carry.
 pub const MAX_ROSTER: usize = 4096;
 /// The most version ids a [`Request::GetVersions`] may list as already held, and the most
@@ -163,6 +166,77 @@ pub enum Request {
         #[serde(deserialize_with = "bounded::version_ids")]
         have: Vec<VersionId>,
     },
+    /// Store many shares under one lease, as one batch (each one checked on its own, as
+    /// [`Request::PutShare`] would be). Answered by [`Response::StoredMany`], in order.
+    PutShares {
+        /// The lease to record on every share.
+        lease: Lease,
+        /// The shares.
+        #[serde(deserialize_with = "bounded::share_items")]
+        shares: Vec<ShareItem>,
+    },
+    /// Fetch many whole shares. Answered by [`Response::Shares`], in order.
+    GetShares {
+        /// `(root, index)` of each share.
+        #[serde(deserialize_with = "bounded::share_ids")]
+        shares: Vec<(ShareRoot, u8)>,
+    },
+}
+
+/// One share of a [`Request::PutShares`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareItem {
+    /// The chunk's share root.
+    pub root: ShareRoot,
+    /// Which of the n shares.
+    pub index: u8,
+    /// The encoded chunk header (hashes to `root`).
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    /// The share bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for ShareItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ShareItem({} #{}, {} B)",
+            self.root.fmt_short(),
+            self.index,
+            self.data.len()
+        )
+    }
+}
+
+/// The answer for one share of a [`Request::PutShares`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutAnswer {
+    /// Stored (`already`: it was held before; only the lease changed).
+    Stored {
+        /// Whether the share was already held.
+        already: bool,
+    },
+    /// This share was refused.
+    Refused(Refusal),
+}
+
+/// One share of a [`Response::Shares`]: the chunk header and the whole share.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundShare {
+    /// The encoded chunk header.
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    /// The share bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for FoundShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FoundShare({} B)", self.data.len())
+    }
 }
 
 impl fmt::Debug for Request {
@@ -185,6 +259,13 @@ impl fmt::Debug for Request {
             Request::GetVersions { slot, have } => {
                 write!(f, "GetVersions({}, have {})", slot.fmt_short(), have.len())
             }
+            Request::PutShares { shares, .. } => write!(
+                f,
+                "PutShares({} shares, {} B)",
+                shares.len(),
+                shares.iter().map(|s| s.data.len()).sum::<usize>()
+            ),
+            Request::GetShares { shares } => write!(f, "GetShares({} shares)", shares.len()),
         }
     }
 }
@@ -256,6 +337,11 @@ pub enum Response {
         /// More versions are missing than one answer carries: ask again, listing these as held.
         more: bool,
     },
+    /// The answers to a [`Request::PutShares`], one per share, in order.
+    StoredMany(#[serde(deserialize_with = "bounded::put_answers")] Vec<PutAnswer>),
+    /// The answers to a [`Request::GetShares`], one per share asked for, in order (`None`: not
+    /// held, or not readable).
+    Shares(#[serde(deserialize_with = "bounded::found_shares")] Vec<Option<FoundShare>>),
 }
 
 impl fmt::Debug for Response {
@@ -277,6 +363,13 @@ impl fmt::Debug for Response {
                 heads.len()
             ),
             Response::Refused(r) => write!(f, "Refused({r:?})"),
+            Response::StoredMany(a) => write!(f, "StoredMany({} answers)", a.len()),
+            Response::Shares(s) => write!(
+                f,
+                "Shares({} asked, {} found)",
+                s.len(),
+                s.iter().flatten().count()
+            ),
         }
     }
 }
@@ -349,7 +442,10 @@ mod bounded {
 
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-    use super::{MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, MAX_VERSIONS, RosterEntry};
+    use super::{
+        FoundShare, MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, MAX_VERSIONS,
+        PutAnswer, RosterEntry, ShareItem,
+    };
     use crate::id::{ShareRoot, VersionId};
 
     struct BoundedVisitor<T, const N: usize>(PhantomData<T>);
@@ -408,6 +504,26 @@ mod bounded {
 
     pub(super) fn roster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RosterEntry>, D::Error> {
         vec::<D, RosterEntry, MAX_ROSTER>(d)
+    }
+
+    pub(super) fn share_items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ShareItem>, D::Error> {
+        vec::<D, ShareItem, MAX_SHARE_BATCH>(d)
+    }
+
+    pub(super) fn share_ids<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(ShareRoot, u8)>, D::Error> {
+        vec::<D, (ShareRoot, u8), MAX_SHARE_BATCH>(d)
+    }
+
+    pub(super) fn put_answers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PutAnswer>, D::Error> {
+        vec::<D, PutAnswer, MAX_SHARE_BATCH>(d)
+    }
+
+    pub(super) fn found_shares<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Option<FoundShare>>, D::Error> {
+        vec::<D, Option<FoundShare>, MAX_SHARE_BATCH>(d)
     }
 }
 
@@ -473,6 +589,12 @@ impl Bounded for Request {
             Request::GetVersions { have, .. } => {
                 bound(have.len() <= MAX_VERSIONS, "too many version ids")
             }
+            Request::PutShares { shares, .. } => {
+                bound(shares.len() <= MAX_SHARE_BATCH, "too many shares")
+            }
+            Request::GetShares { shares } => {
+                bound(shares.len() <= MAX_SHARE_BATCH, "too many shares")
+            }
             _ => Ok(()),
         }
     }
@@ -489,6 +611,8 @@ impl Bounded for Response {
                 versions.len() <= MAX_VERSIONS && heads.len() <= MAX_VERSIONS,
                 "too many versions",
             ),
+            Response::StoredMany(a) => bound(a.len() <= MAX_SHARE_BATCH, "too many answers"),
+            Response::Shares(s) => bound(s.len() <= MAX_SHARE_BATCH, "too many shares"),
             _ => Ok(()),
         }
     }

@@ -11,9 +11,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use cairn_core::cert::{GridKey, MemberCert, Roles};
 use cairn_core::id::{GridId, NodeId, ShareRoot};
 use cairn_core::wire::{
-    self, Bounded, GridInfo, Hello, InviteCode, InviteError, JoinRefusal, JoinRequest,
-    JoinResponse, Lease, MAX_FRAME, MAX_HELD_QUERY, MAX_ROSTER, PROTOCOL_VERSION, Refusal, Request,
-    Response, RosterEntry, WireError, decode, encode_frame, frame_len,
+    self, Bounded, FoundShare, GridInfo, Hello, InviteCode, InviteError, JoinRefusal, JoinRequest,
+    JoinResponse, Lease, MAX_FRAME, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, PROTOCOL_VERSION,
+    PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem, WireError, decode, encode_frame,
+    frame_len,
 };
 use cairn_core::{Encoding, encode_blob};
 use data_encoding::HEXLOWER;
@@ -123,6 +124,27 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         vec(share_root(), 0..64).prop_map(|roots| Request::HeldShares { roots }),
         roster().prop_map(|entries| Request::Roster { entries }),
+        (lease(), vec(share_item(), 0..8))
+            .prop_map(|(lease, shares)| Request::PutShares { lease, shares }),
+        vec((share_root(), any::<u8>()), 0..64).prop_map(|shares| Request::GetShares { shares }),
+    ]
+}
+
+fn share_item() -> impl Strategy<Value = ShareItem> {
+    (share_root(), any::<u8>(), bytes(300), bytes(2000)).prop_map(|(root, index, header, data)| {
+        ShareItem {
+            root,
+            index,
+            header,
+            data,
+        }
+    })
+}
+
+fn put_answer() -> impl Strategy<Value = PutAnswer> {
+    prop_oneof![
+        any::<bool>().prop_map(|already| PutAnswer::Stored { already }),
+        refusal().prop_map(PutAnswer::Refused),
     ]
 }
 
@@ -144,6 +166,14 @@ fn response() -> impl Strategy<Value = Response> {
         vec(bytes(64), 0..64).prop_map(Response::Held),
         roster().prop_map(Response::Roster),
         refusal().prop_map(Response::Refused),
+        vec(put_answer(), 0..64).prop_map(Response::StoredMany),
+        vec(
+            proptest::option::of(
+                (bytes(300), bytes(2000)).prop_map(|(header, data)| FoundShare { header, data })
+            ),
+            0..8
+        )
+        .prop_map(Response::Shares),
     ]
 }
 
@@ -464,6 +494,44 @@ fn held_queries_are_bounded() {
 }
 
 #[test]
+fn share_batches_are_bounded() {
+    let item = ShareItem {
+        root: ShareRoot::from_bytes([7; 32]),
+        index: 1,
+        header: vec![],
+        data: vec![],
+    };
+    let lease = Lease {
+        owner: NodeId::from_bytes([9; 32]),
+        expires_at: 1,
+    };
+    let puts = |n: usize| Request::PutShares {
+        lease,
+        shares: vec![item.clone(); n],
+    };
+    assert!(decode::<Request>(&encode_frame(&puts(MAX_SHARE_BATCH))[4..]).is_ok());
+    refused::<Request>(&encode_frame(&puts(MAX_SHARE_BATCH + 1)));
+    let gets = |n: usize| Request::GetShares {
+        shares: vec![(ShareRoot::from_bytes([7; 32]), 0); n],
+    };
+    assert!(decode::<Request>(&encode_frame(&gets(MAX_SHARE_BATCH))[4..]).is_ok());
+    refused::<Request>(&encode_frame(&gets(MAX_SHARE_BATCH + 1)));
+    let stored = |n: usize| Response::StoredMany(vec![PutAnswer::Stored { already: false }; n]);
+    assert!(decode::<Response>(&encode_frame(&stored(MAX_SHARE_BATCH))[4..]).is_ok());
+    refused::<Response>(&encode_frame(&stored(MAX_SHARE_BATCH + 1)));
+    let found = |n: usize| Response::Shares(vec![None; n]);
+    assert!(decode::<Response>(&encode_frame(&found(MAX_SHARE_BATCH))[4..]).is_ok());
+    refused::<Response>(&encode_frame(&found(MAX_SHARE_BATCH + 1)));
+    // The check on an already-built message (a local caller) names the bound.
+    assert!(puts(MAX_SHARE_BATCH + 1).check_bounds().is_err());
+    assert!(
+        Response::Shares(vec![None; MAX_SHARE_BATCH + 1])
+            .check_bounds()
+            .is_err()
+    );
+}
+
+#[test]
 fn rosters_are_bounded() {
     let entry = RosterEntry {
         cert: sample_cert(),
@@ -603,6 +671,7 @@ fn golden_wire_constants() {
     assert_eq!(MAX_FRAME, 20 * 1024 * 1024);
     assert_eq!(MAX_HELD_QUERY, 1024);
     assert_eq!(MAX_ROSTER, 4096);
+    assert_eq!(MAX_SHARE_BATCH, 1024);
 }
 
 #[test]
@@ -651,6 +720,50 @@ fn golden_frames() {
                 data: vec![5; 4],
             }),
             GOLDEN_PUT_SHARE,
+        ),
+        (
+            "Request::PutShares",
+            hex_frame(&Request::PutShares {
+                lease: Lease {
+                    owner: NodeId::from_bytes([9; 32]),
+                    expires_at: 99,
+                },
+                shares: vec![ShareItem {
+                    root: ShareRoot::from_bytes([7; 32]),
+                    index: 1,
+                    header: vec![1, 2, 3],
+                    data: vec![5; 4],
+                }],
+            }),
+            GOLDEN_PUT_SHARES,
+        ),
+        (
+            "Request::GetShares",
+            hex_frame(&Request::GetShares {
+                shares: vec![(ShareRoot::from_bytes([0xab; 32]), 2)],
+            }),
+            GOLDEN_GET_SHARES,
+        ),
+        (
+            "Response::StoredMany([Stored { already: false }, Refused(InvalidShare)])",
+            hex_frame(&Response::StoredMany(vec![
+                PutAnswer::Stored { already: false },
+                PutAnswer::Refused(Refusal::InvalidShare),
+            ])),
+            // variant 7, two answers: Stored(false); Refused(InvalidShare)
+            "06000000070200000101",
+        ),
+        (
+            "Response::Shares([Some, None])",
+            hex_frame(&Response::Shares(vec![
+                Some(FoundShare {
+                    header: vec![1, 2],
+                    data: vec![3],
+                }),
+                None,
+            ])),
+            // variant 8, two: Some { header [1, 2], data [3] }; None
+            "09000000080201020102010300",
         ),
         (
             "Hello",
@@ -815,3 +928,24 @@ fn invite_code_text_is_strict() {
     );
     assert_eq!(text.parse::<InviteCode>(), Err(InviteError::Body));
 }
+/// `PutShares { lease: ([09; 32], 99), shares: [{ root: [07; 32], index: 1, header: [1, 2, 3],
+/// data: [5; 4] }] }`.
+const GOLDEN_PUT_SHARES: &str = concat!(
+    "4d000000", // length 77
+    "06",       // variant 6: PutShares
+    "0909090909090909090909090909090909090909090909090909090909090909",
+    "63", // lease expires_at 99
+    "01", // one share
+    "0707070707070707070707070707070707070707070707070707070707070707",
+    "01",         // index
+    "03010203",   // header: length 3, bytes
+    "0405050505", // data: length 4, bytes
+);
+/// `GetShares { shares: [([ab; 32], 2)] }`.
+const GOLDEN_GET_SHARES: &str = concat!(
+    "23000000", // length 35
+    "07",       // variant 7: GetShares
+    "01",       // one share
+    "abababababababababababababababababababababababababababababababab",
+    "02", // index
+);
