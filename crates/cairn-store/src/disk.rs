@@ -38,8 +38,8 @@
 //! a group commit: whichever caller finds no commit running applies every pending change in one
 //! redb write transaction with [`redb::Durability::Immediate`], so N threads putting small shares
 //! at once pay about one fsync per batch rather than one each. A single thread putting in a loop
-//! still pays one commit per put; a batched put API would fix that and is not there yet. File
-//! writes and their fsyncs run in the callers' threads, in parallel. If a batch fails, each of
+//! still pays one commit per put; [`ShareStore::put_many`] submits a whole batch at once, so it
+//! lands in one commit. File writes and their fsyncs run in the callers' threads, in parallel. If a batch fails, each of
 //! its changes is retried alone, so one failing change cannot fail its neighbours.
 //!
 //! Reads use redb read transactions (snapshots) and never wait for writers.
@@ -63,7 +63,7 @@ use self::commit::{GroupCommit, KeyLocks};
 use self::files::ReadFailure;
 use self::record::{HeaderRecord, Location, ShareRecord};
 use crate::store::{merge_lease, resolve_range};
-use crate::{PutOutcome, ShareStore, StoreError, StoreUsage, StoredShare};
+use crate::{PutItem, PutOutcome, ShareStore, StoreError, StoreUsage, StoredShare};
 
 /// Shares of at most this many bytes are kept inside the metadata database instead of a file.
 pub const INLINE_MAX: usize = 16 * 1024;
@@ -444,6 +444,110 @@ impl DiskStore {
         }
     }
 
+    /// [`ShareStore::put_many`] without duplicate keys: locks every key (in sorted order, so
+    /// two batches cannot deadlock), reads what is held in one snapshot, writes the files of
+    /// large shares (durable before the commit that names them) and submits every change at
+    /// once, so the batch costs one commit.
+    fn put_batch(
+        &self,
+        items: &[PutItem<'_>],
+        keys: &[ShareKey],
+        sorted: &[ShareKey],
+        lease: Lease,
+    ) -> Result<Vec<Result<PutOutcome, StoreError>>, StoreError> {
+        let mut guards = Vec::with_capacity(sorted.len());
+        for key in sorted {
+            guards.push(self.locks.lock(*key)?);
+        }
+        let mut results: Vec<Option<Result<PutOutcome, StoreError>>> = Vec::new();
+        results.resize_with(items.len(), || None);
+        let mut ops = Vec::new();
+        // Which item each op belongs to, and the file it wrote (if any).
+        let mut owners: Vec<(usize, Option<PathBuf>, u64)> = Vec::new();
+        {
+            let txn = self.db.begin_read()?;
+            let shares = txn.open_table(SHARES)?;
+            let headers = txn.open_table(HEADERS)?;
+            let counters = Counters::read(&txn.open_table(META)?)?;
+            let mut available = self.capacity.saturating_sub(counters.used);
+            let mut headers_counted: HashSet<[u8; 32]> = HashSet::new();
+            for (i, (item, key)) in items.iter().zip(keys).enumerate() {
+                let existing = match shares.get(key)? {
+                    Some(v) => match ShareRecord::decode(v.value()) {
+                        Ok(rec) => Some(rec),
+                        Err(d) => {
+                            results[i] = Some(Err(corrupt(key, d)));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(mut rec) = existing {
+                    if merge_lease(&mut rec.leases, lease) {
+                        ops.push(Op::AddLease { key: *key, lease });
+                        owners.push((i, None, 0));
+                    } else {
+                        results[i] = Some(Ok(PutOutcome::AlreadyHeld));
+                    }
+                    continue;
+                }
+                let root = key_root(key);
+                let has_header = headers_counted.contains(&root) || headers.get(&root)?.is_some();
+                let len = item.data.len() as u64;
+                let needed = len
+                    + if has_header {
+                        0
+                    } else {
+                        item.header.len() as u64
+                    };
+                if needed > available {
+                    results[i] = Some(Err(StoreError::Full { needed, available }));
+                    continue;
+                }
+                let (inline, file) = if item.data.len() <= INLINE_MAX {
+                    (Some(item.data.to_vec()), None)
+                } else {
+                    let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+                    match files::write_share_file(&self.shares_dir, key, item.data, seq) {
+                        Ok(path) => (None, Some(path)),
+                        Err(e) => {
+                            results[i] = Some(Err(e.full_if_disk_full(needed)));
+                            continue;
+                        }
+                    }
+                };
+                available -= needed;
+                headers_counted.insert(root);
+                ops.push(Op::Insert {
+                    key: *key,
+                    header: item.header.to_vec(),
+                    len,
+                    inline,
+                    lease,
+                });
+                owners.push((i, file, needed));
+            }
+        }
+        let done = self.commits.submit_many(ops, |ops| self.run_batch(ops))?;
+        for ((i, file, needed), result) in owners.into_iter().zip(done) {
+            results[i] = Some(match result {
+                Ok(Done::Put(outcome)) => Ok(outcome),
+                Ok(Done::Removed(_)) => Err(StoreError::Poisoned),
+                Err(e) => {
+                    if let Some(path) = file {
+                        files::remove_quietly(&path);
+                    }
+                    Err(e.full_if_disk_full(needed))
+                }
+            });
+        }
+        drop(guards);
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Poisoned)))
+            .collect())
+    }
+
     /// Reads the share's record and whether its root has a header, plus the counters.
     fn peek(&self, key: &ShareKey) -> Result<(Option<ShareRecord>, bool, Counters), StoreError> {
         let txn = self.db.begin_read()?;
@@ -698,6 +802,32 @@ impl ShareStore for DiskStore {
                     files::remove_quietly(&path);
                 }
                 Err(e.full_if_disk_full(needed))
+            }
+        }
+    }
+
+    fn put_many(&self, items: &[PutItem<'_>], lease: Lease) -> Vec<Result<PutOutcome, StoreError>> {
+        let keys: Vec<ShareKey> = items.iter().map(|i| share_key(&i.root, i.index)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != keys.len() {
+            // The same share twice in one batch: one at a time keeps the outcomes exact.
+            return items
+                .iter()
+                .map(|i| self.put(&i.root, i.index, i.header, i.data, lease))
+                .collect();
+        }
+        match self.put_batch(items, &keys, &sorted, lease) {
+            Ok(results) => results,
+            Err(e) => {
+                // The batch failed as a whole (before any change was committed): each share
+                // gets its own attempt and its own error.
+                debug!(error = %e, shares = items.len(), "batched put failed; putting one at a time");
+                items
+                    .iter()
+                    .map(|i| self.put(&i.root, i.index, i.header, i.data, lease))
+                    .collect()
             }
         }
     }

@@ -40,7 +40,7 @@ mod store;
 pub use disk::{DiskStore, INLINE_MAX, RecoveryReport};
 pub use error::StoreError;
 pub use mem::MemStore;
-pub use store::{PutOutcome, ShareStore, StoreUsage, StoredShare};
+pub use store::{PutItem, PutOutcome, ShareStore, StoreUsage, StoredShare};
 
 #[cfg(test)]
 mod tests;

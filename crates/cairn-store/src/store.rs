@@ -25,6 +25,19 @@ pub struct StoredShare {
     pub data: Vec<u8>,
 }
 
+/// One share for [`ShareStore::put_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct PutItem<'a> {
+    /// The chunk's share root.
+    pub root: ShareRoot,
+    /// Which share.
+    pub index: u8,
+    /// The chunk header (verified by the caller).
+    pub header: &'a [u8],
+    /// The share bytes (verified by the caller).
+    pub data: &'a [u8],
+}
+
 /// How much a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreUsage {
@@ -61,6 +74,16 @@ pub trait ShareStore: Send + Sync + std::fmt::Debug {
         data: &[u8],
         lease: Lease,
     ) -> Result<PutOutcome, StoreError>;
+
+    /// Stores many shares under one `lease`: each as [`put`](Self::put) would, with one result
+    /// per item, in order. A store may make them durable together (one commit for the batch);
+    /// as with `put`, an item whose result is `Ok(Stored)` survives a crash once this returns.
+    fn put_many(&self, items: &[PutItem<'_>], lease: Lease) -> Vec<Result<PutOutcome, StoreError>> {
+        items
+            .iter()
+            .map(|i| self.put(&i.root, i.index, i.header, i.data, lease))
+            .collect()
+    }
 
     /// Reads share `index` of `root`, or `None` when it is not held.
     ///

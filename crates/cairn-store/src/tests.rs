@@ -8,7 +8,8 @@ use cairn_core::wire::Lease;
 use tempfile::TempDir;
 
 use crate::{
-    DiskStore, INLINE_MAX, MemStore, PutOutcome, RecoveryReport, ShareStore, StoreError, StoreUsage,
+    DiskStore, INLINE_MAX, MemStore, PutItem, PutOutcome, RecoveryReport, ShareStore, StoreError,
+    StoreUsage,
 };
 
 /// A store under test, and its directory when it has one.
@@ -106,6 +107,119 @@ both! {
     usage_counter_matches_shares => usage_counter_matches_shares_mem, usage_counter_matches_shares_disk;
     missing_share_reads_as_absent => missing_share_reads_as_absent_mem, missing_share_reads_as_absent_disk;
     concurrent_puts_and_removes => concurrent_puts_and_removes_mem, concurrent_puts_and_removes_disk;
+    put_many_stores_like_put => put_many_stores_like_put_mem, put_many_stores_like_put_disk;
+}
+
+#[test]
+fn put_many_past_capacity_stores_what_fits_mem() {
+    put_many_past_capacity_stores_what_fits(Fixture::mem(10_000));
+}
+
+#[test]
+fn put_many_past_capacity_stores_what_fits_disk() {
+    put_many_past_capacity_stores_what_fits(Fixture::disk(10_000));
+}
+
+fn items<'a>(shares: &'a [(ShareRoot, u8, Vec<u8>)], header: &'a [u8]) -> Vec<PutItem<'a>> {
+    shares
+        .iter()
+        .map(|(root, index, data)| PutItem {
+            root: *root,
+            index: *index,
+            header,
+            data,
+        })
+        .collect()
+}
+
+fn put_many_stores_like_put(f: Fixture) {
+    let s = &f.store;
+    s.put(&root(1), 0, b"hdr", &bytes(100, 10), lease(1, 10))
+        .unwrap();
+    let sizes = [0, 1, 1400, INLINE_MAX, INLINE_MAX + 1, 300_000];
+    let mut shares: Vec<(ShareRoot, u8, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (root(2 + (i % 2) as u8), i as u8, bytes(i as u64, len)))
+        .collect();
+    // Already held: its bytes stay, its lease is merged.
+    shares.push((root(1), 0, bytes(999, 10)));
+    let out = s.put_many(&items(&shares, b"hdr"), lease(2, 20));
+    let out: Vec<PutOutcome> = out.into_iter().map(Result::unwrap).collect();
+    let mut want = vec![PutOutcome::Stored; sizes.len()];
+    want.push(PutOutcome::AlreadyHeld);
+    assert_eq!(out, want);
+    for (root, index, data) in &shares[..sizes.len()] {
+        let got = s.get(root, *index, None).unwrap().unwrap();
+        assert_eq!(&got.data, data);
+        assert_eq!(got.header, b"hdr");
+        assert_eq!(s.leases(root, *index).unwrap(), vec![lease(2, 20)]);
+    }
+    assert_eq!(
+        s.get(&root(1), 0, None).unwrap().unwrap().data,
+        bytes(100, 10)
+    );
+    assert_eq!(
+        s.leases(&root(1), 0).unwrap(),
+        vec![lease(1, 10), lease(2, 20)]
+    );
+    assert_eq!(s.held(&root(2)).unwrap(), vec![0, 2, 4]);
+    assert_eq!(s.held(&root(3)).unwrap(), vec![1, 3, 5]);
+    // Headers are counted once per root, as with single puts.
+    let data_bytes: u64 = sizes.iter().map(|&l| l as u64).sum::<u64>() + 10;
+    assert_eq!(usage(&f).used_bytes, data_bytes + 3 * 3);
+    assert_eq!(usage(&f).shares, sizes.len() as u64 + 1);
+    // The same batch again: all held; the same share twice in one batch works too.
+    let again = s.put_many(&items(&shares, b"hdr"), lease(2, 20));
+    assert!(
+        again
+            .into_iter()
+            .all(|r| r.unwrap() == PutOutcome::AlreadyHeld)
+    );
+    let twice = vec![(root(4), 0, bytes(5, 50)), (root(4), 0, bytes(5, 50))];
+    let out: Vec<PutOutcome> = s
+        .put_many(&items(&twice, b"h4"), lease(2, 20))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(out, [PutOutcome::Stored, PutOutcome::AlreadyHeld]);
+    assert!(s.put_many(&[], lease(2, 20)).is_empty());
+    let before = usage(&f);
+    let Fixture { store, dir } = f;
+    drop(store);
+    if let Some(dir) = dir {
+        // Everything survives a reopen, with nothing to repair.
+        let store = DiskStore::open(dir.path(), CAPACITY).unwrap();
+        assert_eq!(store.recovery(), &RecoveryReport::default());
+        assert_eq!(store.usage().unwrap(), before);
+        for (root, index, data) in &shares[..sizes.len()] {
+            assert_eq!(&store.get(root, *index, None).unwrap().unwrap().data, data);
+        }
+    }
+}
+
+fn put_many_past_capacity_stores_what_fits(f: Fixture) {
+    let s = &f.store;
+    let shares: Vec<(ShareRoot, u8, Vec<u8>)> = (0..6)
+        .map(|i| (root(10 + i), 0, bytes(u64::from(i), 3000)))
+        .collect();
+    let out = s.put_many(&items(&shares, b"hdr"), lease(1, 10));
+    // 10,000 bytes hold three shares of 3,003 bytes (share and header).
+    let stored = out
+        .iter()
+        .filter(|r| matches!(r, Ok(PutOutcome::Stored)))
+        .count();
+    assert_eq!(stored, 3);
+    assert!(
+        out[3..]
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Full { .. })))
+    );
+    assert_eq!(usage(&f).shares, 3);
+    assert_eq!(usage(&f).used_bytes, 3 * 3003);
+    for (root, index, _) in &shares[3..] {
+        assert_eq!(s.get(root, *index, None).unwrap(), None);
+    }
 }
 
 #[test]

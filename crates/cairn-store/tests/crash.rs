@@ -2,7 +2,8 @@
 //!
 //! The test re-runs its own binary as a child (`crash_child`, selected with `--exact` and
 //! switched on by an environment variable). The child puts shares of mixed sizes from two
-//! threads and prints `ACK <n>` after each put returns; now and then it removes one, between
+//! threads (one with `put`, one with `put_many` in batches of three) and prints `ACK <n>` after
+//! each put returns; now and then it removes one, between
 //! `DELSTART <n>` and `DEL <n>`. The parent reads some acknowledgements,
 //! SIGKILLs the child, reads whatever else it acknowledged, and opens the store: every
 //! acknowledged share must be there byte for byte (unless a remove of it began), every
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::Lease;
-use cairn_store::{DiskStore, PutOutcome, RecoveryReport, ShareStore};
+use cairn_store::{DiskStore, PutItem, PutOutcome, RecoveryReport, ShareStore};
 
 /// Set to the store directory in the child.
 const CHILD_DIR_ENV: &str = "CAIRN_STORE_CRASH_CHILD";
@@ -93,31 +94,60 @@ fn crash_child() {
                     owner: NodeId::from_bytes([t as u8; 32]),
                     expires_at: 2_000_000_000,
                 };
+                // Thread 0 puts one share at a time, thread 1 three at once (`put_many`).
+                let batch = if t == 0 { 1 } else { 3 };
                 let mut i = 0u64;
                 while Instant::now() < deadline {
-                    let n = start + 2 * i + t;
-                    let (root, index) = share_id(n);
-                    let out = store
-                        .put(
-                            &root,
-                            index,
-                            &header(&root),
-                            &share_data(&root, index),
-                            lease,
-                        )
-                        .unwrap();
-                    assert_eq!(out, PutOutcome::Stored);
-                    // One short line is one write(2) to the pipe: never torn by the kill.
-                    println!("ACK {n}");
-                    if i % 4 == 3 {
-                        // Remove this thread's share from two puts ago.
-                        let old = n - 4;
-                        let (root, index) = share_id(old);
-                        println!("DELSTART {old}");
-                        assert!(store.remove(&root, index).unwrap());
-                        println!("DEL {old}");
+                    let ns: Vec<u64> = (i..i + batch).map(|j| start + 2 * j + t).collect();
+                    let shares: Vec<(ShareRoot, u8, Vec<u8>, Vec<u8>)> = ns
+                        .iter()
+                        .map(|&n| {
+                            let (root, index) = share_id(n);
+                            (root, index, header(&root), share_data(&root, index))
+                        })
+                        .collect();
+                    let items: Vec<PutItem<'_>> = shares
+                        .iter()
+                        .map(|(root, index, header, data)| PutItem {
+                            root: *root,
+                            index: *index,
+                            header,
+                            data,
+                        })
+                        .collect();
+                    let outs = if batch == 1 {
+                        vec![
+                            store
+                                .put(
+                                    &items[0].root,
+                                    items[0].index,
+                                    items[0].header,
+                                    items[0].data,
+                                    lease,
+                                )
+                                .unwrap(),
+                        ]
+                    } else {
+                        store
+                            .put_many(&items, lease)
+                            .into_iter()
+                            .map(Result::unwrap)
+                            .collect()
+                    };
+                    assert!(outs.iter().all(|o| *o == PutOutcome::Stored));
+                    for (j, &n) in (i..).zip(&ns) {
+                        // One short line is one write(2) to the pipe: never torn by the kill.
+                        println!("ACK {n}");
+                        if j % 4 == 3 {
+                            // Remove this thread's share from two puts ago.
+                            let old = n - 4;
+                            let (root, index) = share_id(old);
+                            println!("DELSTART {old}");
+                            assert!(store.remove(&root, index).unwrap());
+                            println!("DEL {old}");
+                        }
                     }
-                    i += 1;
+                    i += batch;
                 }
             });
         }

@@ -97,13 +97,33 @@ impl<Op, Out> GroupCommit<Op, Out> {
         op: Op,
         run: impl Fn(Vec<Op>) -> Vec<Result<Out, StoreError>>,
     ) -> Result<Out, StoreError> {
+        self.submit_many(vec![op], run)?
+            .pop()
+            .unwrap_or(Err(StoreError::Poisoned))
+    }
+
+    /// Submits `ops` together (they land in the same batch, so one commit covers them all)
+    /// and waits for their results, in order.
+    pub(super) fn submit_many(
+        &self,
+        ops: Vec<Op>,
+        run: impl Fn(Vec<Op>) -> Vec<Result<Out, StoreError>>,
+    ) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
         let mut queue = self.state.lock().map_err(|_| StoreError::Poisoned)?;
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.pending.push((ticket, op));
+        let first = queue.next_ticket;
+        let count = ops.len() as u64;
+        queue.next_ticket += count;
+        queue.pending.extend(
+            ops.into_iter()
+                .enumerate()
+                .map(|(i, op)| (first + i as u64, op)),
+        );
         loop {
-            if let Some(result) = queue.done.remove(&ticket) {
-                return result;
+            // All of ours are published at once (one batch), so the first says the rest are.
+            if count == 0 || queue.done.contains_key(&first) {
+                return Ok((first..first + count)
+                    .map(|t| queue.done.remove(&t).unwrap_or(Err(StoreError::Poisoned)))
+                    .collect());
             }
             if !queue.committing {
                 queue.committing = true;
