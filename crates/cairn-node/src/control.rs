@@ -35,6 +35,10 @@ const TAG_END: u8 = b'E';
 const MAX_CONTROL_FRAME: usize = 4 * 1024 * 1024;
 /// Bytes per data frame.
 const DATA_FRAME: usize = 1024 * 1024;
+/// The most files one [`ControlRequest::PutMany`] or [`ControlRequest::GetMany`] may carry.
+pub const MAX_MANY_FILES: usize = 1024;
+/// The most bytes (all files together) one `PutMany` or `GetMany` may carry.
+pub const MAX_MANY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A command for the node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +128,20 @@ pub enum ControlRequest {
     Check {
         /// The cap.
         cap: String,
+    },
+    /// Store many small files: the data of each follows, in order, as data frames and an end
+    /// frame. The answer lists one reply per file.
+    PutMany {
+        /// Random keys instead of convergent ones.
+        private: bool,
+        /// Each file's size in bytes.
+        sizes: Vec<u64>,
+    },
+    /// Send many small files whole: for each, in order, its data frames and an end frame, or a
+    /// JSON reply with its error.
+    GetMany {
+        /// The files' caps.
+        caps: Vec<String>,
     },
     /// Issue an invite code.
     Invite {
@@ -327,6 +345,16 @@ async fn handle(node: Node, mut stream: UnixStream, stop: CancellationToken) -> 
             }
         }
         ControlRequest::Get { cap } => return handle_get(&node, stream, &cap).await,
+        ControlRequest::PutMany { private, sizes } => {
+            match handle_put_many(&node, &mut stream, private, &sizes).await {
+                Ok(replies) => ControlReply {
+                    ok: Some(serde_json::to_value(replies).unwrap_or(Value::Null)),
+                    error: None,
+                },
+                Err(e) => reply::<()>(Err(e)),
+            }
+        }
+        ControlRequest::GetMany { caps } => return handle_get_many(&node, stream, &caps).await,
         ControlRequest::Ls { path } => reply(node.ls(&path).await),
         ControlRequest::Mkdir { path, parents } => reply(node.mkdir(&path, parents).await),
         ControlRequest::Rm { path, recursive } => reply(node.rm(&path, recursive).await),
@@ -475,6 +503,114 @@ async fn handle_put(
     result
 }
 
+fn many_bounds(count: usize, bytes: u64) -> Result<(), NodeError> {
+    if count > MAX_MANY_FILES || bytes > MAX_MANY_BYTES {
+        return Err(NodeError::Invalid(format!(
+            "a batch may hold at most {MAX_MANY_FILES} files and {MAX_MANY_BYTES} bytes (got {count} files, {bytes} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the files of a [`ControlRequest::PutMany`] (each exactly its announced size) and puts
+/// them; one reply per file.
+async fn handle_put_many(
+    node: &Node,
+    stream: &mut UnixStream,
+    private: bool,
+    sizes: &[u64],
+) -> Result<Vec<ControlReply>, NodeError> {
+    many_bounds(
+        sizes.len(),
+        sizes.iter().fold(0u64, |a, s| a.saturating_add(*s)),
+    )?;
+    let mut files = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        let mut data = Vec::with_capacity(size as usize);
+        loop {
+            match read_frame(stream).await {
+                Ok(Some((TAG_DATA, body))) => {
+                    if data.len() as u64 + body.len() as u64 > size {
+                        return Err(NodeError::Invalid(
+                            "a file of the batch is longer than its announced size".into(),
+                        ));
+                    }
+                    data.extend_from_slice(&body);
+                }
+                Ok(Some((TAG_END, _))) if data.len() as u64 == size => break,
+                Ok(Some((TAG_END, _))) => {
+                    return Err(NodeError::Invalid(
+                        "a file of the batch is shorter than its announced size".into(),
+                    ));
+                }
+                Ok(_) => {
+                    return Err(NodeError::Aborted(
+                        "client went away before the end of the data".into(),
+                    ));
+                }
+                Err(e) => return Err(NodeError::Aborted(e.to_string())),
+            }
+        }
+        files.push(data);
+    }
+    let results = node.put_many(files, PutOptions { private }).await;
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            if let Err(e) = &r {
+                warn!(error = %e, "put failed");
+            }
+            reply(r)
+        })
+        .collect())
+}
+
+/// Answers a [`ControlRequest::GetMany`]: per file its data and an end frame, or its error.
+async fn handle_get_many(node: &Node, mut stream: UnixStream, caps: &[String]) -> io::Result<()> {
+    let parsed: Vec<Result<Cap, NodeError>> = caps
+        .iter()
+        .map(|c| c.parse::<Cap>().map_err(NodeError::from))
+        .collect();
+    let bytes = parsed.iter().fold(0u64, |a, c| match c {
+        Ok(Cap::Read(r)) => a.saturating_add(r.size),
+        _ => a,
+    });
+    if let Err(e) = many_bounds(caps.len(), bytes) {
+        // Refused whole: still one answer per file, then the batch's own.
+        let refused = reply::<()>(Err(e));
+        for _ in caps {
+            write_json(&mut stream, &refused).await?;
+        }
+        return write_json(&mut stream, &refused).await;
+    }
+    let good: Vec<Cap> = parsed
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
+    let mut fetched = node.get_many(&good).await.into_iter();
+    for cap in parsed {
+        let result = match cap {
+            Ok(_) => fetched
+                .next()
+                .unwrap_or_else(|| Err(NodeError::Control("file not fetched".into()))),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(data) => {
+                for part in data.chunks(DATA_FRAME) {
+                    write_frame(&mut stream, TAG_DATA, part).await?;
+                }
+                write_frame(&mut stream, TAG_END, &[]).await?;
+            }
+            Err(e) => {
+                warn!(error = %e, "get failed");
+                write_json(&mut stream, &reply::<()>(Err(e))).await?;
+            }
+        }
+    }
+    write_json(&mut stream, &reply(Ok(()))).await
+}
+
 async fn handle_get(node: &Node, mut stream: UnixStream, cap: &str) -> io::Result<()> {
     let is_cap = cap.trim().to_ascii_lowercase().starts_with("cairn:") && !cap.contains('/');
     let cap = if is_cap {
@@ -595,6 +731,85 @@ impl ControlClient {
             sent += n as u64;
             progress(sent);
         }
+    }
+
+    /// Puts many small files in one batch ([`ControlRequest::PutMany`]); one result per file.
+    pub async fn put_many(
+        mut self,
+        private: bool,
+        files: &[Vec<u8>],
+    ) -> Result<Vec<Result<Value, NodeError>>, NodeError> {
+        let request = ControlRequest::PutMany {
+            private,
+            sizes: files.iter().map(|f| f.len() as u64).collect(),
+        };
+        let control = |e: io::Error| NodeError::Control(e.to_string());
+        write_json(&mut self.stream, &request)
+            .await
+            .map_err(control)?;
+        for file in files {
+            for part in file.chunks(DATA_FRAME) {
+                write_frame(&mut self.stream, TAG_DATA, part)
+                    .await
+                    .map_err(control)?;
+            }
+            write_frame(&mut self.stream, TAG_END, &[])
+                .await
+                .map_err(control)?;
+        }
+        self.stream.flush().await.map_err(control)?;
+        let value = self.read_reply().await?;
+        let replies: Vec<ControlReply> =
+            serde_json::from_value(value).map_err(|e| NodeError::Control(e.to_string()))?;
+        if replies.len() != files.len() {
+            return Err(NodeError::Control(
+                "the node answered for a different number of files".into(),
+            ));
+        }
+        Ok(replies
+            .into_iter()
+            .map(|r| match (r.ok, r.error) {
+                (_, Some(e)) => Err(NodeError::Remote(e)),
+                (ok, None) => Ok(ok.unwrap_or(Value::Null)),
+            })
+            .collect())
+    }
+
+    /// Fetches many small files whole in one batch ([`ControlRequest::GetMany`]); one result
+    /// per cap.
+    pub async fn get_many(
+        mut self,
+        caps: &[String],
+    ) -> Result<Vec<Result<Vec<u8>, NodeError>>, NodeError> {
+        let request = ControlRequest::GetMany {
+            caps: caps.to_vec(),
+        };
+        let control = |e: io::Error| NodeError::Control(e.to_string());
+        write_json(&mut self.stream, &request)
+            .await
+            .map_err(control)?;
+        let mut out = Vec::with_capacity(caps.len());
+        let mut data = Vec::new();
+        while out.len() < caps.len() {
+            match read_frame(&mut self.stream).await.map_err(control)? {
+                Some((TAG_DATA, body)) => data.extend_from_slice(&body),
+                Some((TAG_END, _)) => out.push(Ok(std::mem::take(&mut data))),
+                Some((TAG_JSON, body)) => {
+                    let reply: ControlReply = serde_json::from_slice(&body)
+                        .map_err(|e| NodeError::Control(e.to_string()))?;
+                    let error = reply.error.unwrap_or_else(|| "no data".into());
+                    data.clear();
+                    out.push(Err(NodeError::Remote(error)));
+                }
+                _ => {
+                    return Err(NodeError::Control(
+                        "the node closed the connection mid-transfer".into(),
+                    ));
+                }
+            }
+        }
+        self.read_reply().await?;
+        Ok(out)
     }
 
     /// Fetches the file named by `cap` into `out`; `progress` gets the bytes received so far.

@@ -18,7 +18,7 @@ use cairn_core::chunk::open_chunk;
 use cairn_core::erasure::{ChunkHeader, decode_blob, verify_header};
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::manifest::Manifest;
-use cairn_core::wire::{Request, Response};
+use cairn_core::wire::{MAX_SHARE_BATCH, Request, Response};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,8 @@ use crate::node::{Inner, Member, Node};
 
 /// Chunks fetched ahead of the writer.
 const CHUNKS_AHEAD: usize = 8;
+/// Blobs of a batch fetched alone at once, when the batched requests did not bring them.
+const FALLBACKS_AT_ONCE: usize = 16;
 
 /// What a get did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -334,4 +336,215 @@ fn next_attempt(
         }
     }
     None
+}
+
+impl Node {
+    /// Fetches many files whole (small ones: the caller bounds the batch) and returns one
+    /// result per cap, in order. Manifests first, then chunks: for each blob the reader asks
+    /// the first `k` holders placement names (healthy ones first), batching the shares it
+    /// wants from one holder into one [`Request::GetShares`]. Every share is verified against
+    /// its root as in [`Node::get`]; a blob that does not get `k` good shares this way is
+    /// fetched alone, with the hedging and discovery of a single get.
+    pub async fn get_many(&self, caps: &[Cap]) -> Vec<Result<Vec<u8>, NodeError>> {
+        let mut results: Vec<Option<Result<Vec<u8>, NodeError>>> = Vec::new();
+        let mut reads = Vec::new();
+        for (i, cap) in caps.iter().enumerate() {
+            results.push(match cap {
+                Cap::Literal(lit) => Some(Ok(lit.data.clone())),
+                Cap::Verify(_) => Some(Err(NodeError::VerifyCapCannotRead)),
+                Cap::DirWrite(_) | Cap::DirRead(_) => Some(Err(NodeError::IsADirectory(
+                    "the cap names a directory (use `cairn ls`)".into(),
+                ))),
+                Cap::Read(read) => {
+                    reads.push((i, read.clone()));
+                    None
+                }
+            });
+        }
+        let inner = self.inner.clone();
+        let roots: Vec<ShareRoot> = reads.iter().map(|(_, r)| r.root).collect();
+        let fetched = inner.fetch_many(&roots).await;
+        // Manifests -> chunk lists and keys.
+        let opened = tokio::task::spawn_blocking(move || {
+            reads
+                .into_iter()
+                .zip(fetched)
+                .map(|((i, read), fetched)| {
+                    let manifest = (|| {
+                        let fetched = fetched?;
+                        let bytes = decode_blob(&fetched.header, fetched.shares)?;
+                        let manifest = Manifest::decode(&bytes)?;
+                        if manifest.file_size != read.size {
+                            return Err(NodeError::SizeMismatch {
+                                expected: read.size,
+                                got: manifest.file_size,
+                            });
+                        }
+                        let keys = manifest.chunk_keys(&read.key)?;
+                        Ok::<_, NodeError>((manifest, keys))
+                    })();
+                    (i, manifest)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                return caps
+                    .iter()
+                    .map(|_| Err(NodeError::Control(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut files = Vec::new();
+        let mut chunk_roots = Vec::new();
+        for (i, manifest) in opened {
+            match manifest {
+                Ok((manifest, keys)) => {
+                    chunk_roots.extend(manifest.chunks().iter().map(|c| c.root));
+                    files.push((i, manifest, keys));
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let fetched = inner.fetch_many(&chunk_roots).await;
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut fetched = fetched.into_iter();
+            files
+                .into_iter()
+                .map(|(i, manifest, keys)| {
+                    let mut out = Vec::with_capacity(manifest.file_size as usize);
+                    let mut result = Ok(());
+                    for (chunk, key) in manifest.chunks().iter().zip(keys) {
+                        let Some(f) = fetched.next() else {
+                            result = Err(NodeError::Control("chunk count changed".into()));
+                            break;
+                        };
+                        if result.is_err() {
+                            continue;
+                        }
+                        match f.and_then(|f| {
+                            open_chunk(&f.header, f.shares, &key, chunk.plain_len)
+                                .map_err(NodeError::from)
+                        }) {
+                            Ok(plain) => out.extend_from_slice(&plain),
+                            Err(e) => result = Err(e),
+                        }
+                    }
+                    (i, result.map(|()| out))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match opened {
+            Ok(opened) => {
+                for (i, r) in opened {
+                    results[i] = Some(r);
+                }
+            }
+            Err(e) => {
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(Err(NodeError::Control(e.to_string())));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(NodeError::Control("file not fetched".into()))))
+            .collect()
+    }
+}
+
+impl Inner {
+    /// Fetches `k` verified shares of each blob (see [`Node::get_many`]), one result per root.
+    pub(crate) async fn fetch_many(
+        self: &Arc<Self>,
+        roots: &[ShareRoot],
+    ) -> Vec<Result<Fetched, NodeError>> {
+        let k = usize::from(self.grid.encoding.k);
+        let n = usize::from(self.grid.encoding.n);
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+        // Per member: (blob, share index) pairs to ask it for.
+        let mut asks: BTreeMap<NodeId, Vec<(usize, u8)>> = BTreeMap::new();
+        for (b, root) in roots.iter().enumerate() {
+            let ranked = self.ranked(root);
+            let mut positions: Vec<(usize, Member)> =
+                ranked.into_iter().take(n).enumerate().collect();
+            positions.sort_by_key(|(i, m)| {
+                let h = self.health_of(&m.id);
+                (h.recently_failed() || h.bad_shares > 0, *i >= k, *i)
+            });
+            for (i, m) in positions.into_iter().take(k) {
+                members.entry(m.id).or_insert_with(|| m.clone());
+                asks.entry(m.id).or_default().push((b, i as u8));
+            }
+        }
+        let requests = asks.into_iter().flat_map(|(id, list)| {
+            list.chunks(MAX_SHARE_BATCH)
+                .map(|part| (id, part.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let answers = futures_util::future::join_all(requests.map(|(id, part)| {
+            let member = members[&id].clone();
+            let request = Request::GetShares {
+                shares: part.iter().map(|&(b, i)| (roots[b], i)).collect(),
+            };
+            async move { (id, part, self.request(&member, &request).await) }
+        }))
+        .await;
+        let mut headers: Vec<Option<ChunkHeader>> = vec![None; roots.len()];
+        let mut got: Vec<BTreeMap<u8, Vec<u8>>> = vec![BTreeMap::new(); roots.len()];
+        for (id, part, answer) in answers {
+            let Ok(Response::Shares(found)) = answer else {
+                continue;
+            };
+            if found.len() != part.len() {
+                continue;
+            }
+            for ((b, index), share) in part.into_iter().zip(found) {
+                let Some(share) = share else { continue };
+                if headers[b].is_none() {
+                    match verify_header(&roots[b], &share.header) {
+                        Ok(h) => headers[b] = Some(h),
+                        Err(_) => {
+                            self.note_bad_share(id);
+                            continue;
+                        }
+                    }
+                }
+                let Some(h) = &headers[b] else { continue };
+                if h.verify_share(index, &share.data).is_err() {
+                    self.note_bad_share(id);
+                    continue;
+                }
+                got[b].insert(index, share.data);
+            }
+        }
+        let jobs = headers
+            .into_iter()
+            .zip(got)
+            .enumerate()
+            .map(|(b, (header, shares))| {
+                let inner = self.clone();
+                let root = roots[b];
+                async move {
+                    match header {
+                        Some(header) if shares.len() >= usize::from(header.k) => {
+                            let need = usize::from(header.k);
+                            Ok(Fetched {
+                                header,
+                                shares: shares.into_iter().take(need).collect(),
+                            })
+                        }
+                        // Not enough this way: the single-blob fetch, with hedging and discovery.
+                        _ => inner.fetch_blob(&root).await,
+                    }
+                }
+            });
+        futures_util::stream::iter(jobs)
+            .buffered(FALLBACKS_AT_ONCE)
+            .collect()
+            .await
+    }
 }

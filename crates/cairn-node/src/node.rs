@@ -15,11 +15,11 @@ use cairn_core::cert::Roles;
 use cairn_core::erasure::verify_header;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::{
-    GridInfo, Hello, InviteCode, JoinRefusal, JoinRequest, JoinResponse, Lease, Refusal, Request,
-    Response, RosterEntry,
+    FoundShare, GridInfo, Hello, InviteCode, JoinRefusal, JoinRequest, JoinResponse, Lease,
+    PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem,
 };
 use cairn_net::{BoxFuture, JoinService, Membership, Net, NetConfig, NetError, ShareService};
-use cairn_store::{DiskStore, PutOutcome, ShareStore, StoreError};
+use cairn_store::{DiskStore, PutItem, PutOutcome, ShareStore, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -491,8 +491,104 @@ impl Inner {
                 self.merge_roster(entries);
                 Response::Roster(self.roster_entries())
             }
+            Request::PutShares { lease, shares } => {
+                self.serve_put_shares(peer, lease, shares).await
+            }
+            Request::GetShares { shares } => self.serve_get_shares(shares).await,
             Request::PutVersion { version } => self.serve_put_version(peer, version).await,
             Request::GetVersions { slot, have } => self.serve_get_versions(slot, have).await,
+        }
+    }
+
+    /// Checks each share against its header and root, then stores the valid ones in one batch.
+    async fn serve_put_shares(
+        self: &Arc<Self>,
+        peer: NodeId,
+        lease: Lease,
+        shares: Vec<ShareItem>,
+    ) -> Response {
+        if !self.config.storage {
+            return Response::Refused(Refusal::NotStorage);
+        }
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let valid: Vec<bool> = shares
+                .iter()
+                .map(|s| {
+                    let ok = verify_header(&s.root, &s.header)
+                        .and_then(|h| h.verify_share(s.index, &s.data))
+                        .is_ok();
+                    if !ok {
+                        warn!(peer = %peer.fmt_short(), root = %s.root.fmt_short(), index = s.index, "refusing share that does not match its root");
+                    }
+                    ok
+                })
+                .collect();
+            let items: Vec<PutItem<'_>> = shares
+                .iter()
+                .zip(&valid)
+                .filter(|(_, ok)| **ok)
+                .map(|(s, _)| PutItem {
+                    root: s.root,
+                    index: s.index,
+                    header: &s.header,
+                    data: &s.data,
+                })
+                .collect();
+            let mut stored = store.put_many(&items, lease).into_iter();
+            valid
+                .iter()
+                .map(|ok| {
+                    if !ok {
+                        return PutAnswer::Refused(Refusal::InvalidShare);
+                    }
+                    match stored.next() {
+                        Some(Ok(PutOutcome::Stored)) => PutAnswer::Stored { already: false },
+                        Some(Ok(_)) => PutAnswer::Stored { already: true },
+                        Some(Err(StoreError::Full { .. })) => PutAnswer::Refused(Refusal::Full),
+                        Some(Err(e)) => {
+                            warn!(error = %e, "store failed");
+                            PutAnswer::Refused(Refusal::Internal)
+                        }
+                        None => PutAnswer::Refused(Refusal::Internal),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match result {
+            Ok(answers) => Response::StoredMany(answers),
+            Err(_) => Response::Refused(Refusal::Internal),
+        }
+    }
+
+    /// Reads whole shares; the reader verifies them.
+    async fn serve_get_shares(self: &Arc<Self>, shares: Vec<(ShareRoot, u8)>) -> Response {
+        let delay = *self.serve_delay.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            shares
+                .iter()
+                .map(|(root, index)| match store.get(root, *index, None) {
+                    Ok(Some(share)) => Some(FoundShare {
+                        header: share.header,
+                        data: share.data,
+                    }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        warn!(root = %root.fmt_short(), index, error = %e, "cannot serve share");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match result {
+            Ok(found) => Response::Shares(found),
+            Err(_) => Response::Refused(Refusal::Internal),
         }
     }
 

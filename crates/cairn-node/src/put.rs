@@ -12,7 +12,7 @@
 //! one in rank order, preferring members that hold no share of the chunk yet. The put fails when
 //! a chunk's shares land on fewer than `happy` distinct members.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +21,9 @@ use cairn_core::chunk::{Chunker, KeyMode, seal_chunk};
 use cairn_core::erasure::encode_blob;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::manifest::{ChunkRef, ManifestBuilder};
-use cairn_core::wire::{MAX_FRAME, Request, Response};
+use cairn_core::wire::{
+    MAX_FRAME, MAX_HELD_QUERY, MAX_SHARE_BATCH, PutAnswer, Request, Response, ShareItem,
+};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
@@ -314,9 +316,34 @@ impl Inner {
         while let Some(sent) = sends.next().await {
             account(sent, &mut shares, &mut placed, &mut failed, stats);
         }
+        self.place_rest(
+            root,
+            &header,
+            shares,
+            &ranked,
+            &mut placed,
+            &mut failed,
+            stats,
+        )
+        .await
+    }
 
-        // Shares whose primary failed: the next members in rank order, one share at a time,
-        // preferring members that hold nothing of this chunk yet.
+    /// Places the shares whose primary holder failed: the next members in rank order, one
+    /// share at a time, preferring members that hold nothing of this chunk yet. Then checks
+    /// that the shares landed on at least `happy` distinct members.
+    #[allow(clippy::too_many_arguments)]
+    async fn place_rest(
+        self: &Arc<Self>,
+        root: ShareRoot,
+        header: &[u8],
+        mut shares: Vec<Vec<u8>>,
+        ranked: &[Member],
+        placed: &mut [Option<NodeId>],
+        failed: &mut HashSet<NodeId>,
+        stats: &PutStats,
+    ) -> Result<(), NodeError> {
+        let happy = usize::from(self.grid.encoding.happy);
+        let n = shares.len();
         for i in 0..n {
             if placed[i].is_some() {
                 continue;
@@ -332,9 +359,9 @@ impl Inner {
                 };
                 let data = std::mem::take(&mut shares[i]);
                 let sent = self
-                    .send_share(member, root, i as u8, header.clone(), data)
+                    .send_share(member, root, i as u8, header.to_vec(), data)
                     .await;
-                if account(sent, &mut shares, &mut placed, &mut failed, stats) {
+                if account(sent, &mut shares, placed, failed, stats) {
                     break;
                 }
             }
@@ -415,5 +442,368 @@ fn account(
             failed.insert(id);
             false
         }
+    }
+}
+
+/// Blobs of a batch whose missing shares are placed at once, the single-share way.
+const PLACEMENTS_AT_ONCE: usize = 16;
+/// The most share bytes one batched request carries (well under the frame limit).
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// One blob (a chunk or a manifest) of a file in a [`Node::put_many`] batch.
+struct BatchBlob {
+    file: usize,
+    root: ShareRoot,
+    header: Vec<u8>,
+    shares: Vec<Vec<u8>>,
+}
+
+/// A file of a batch, sealed and ready to place.
+struct Sealed {
+    size: u64,
+    chunks: u64,
+    cap: String,
+}
+
+/// Seals one file held in memory: its chunks, then its manifest, as [`Node::put`] would.
+fn seal_file(
+    data: &[u8],
+    file: usize,
+    options: PutOptions,
+    secret: &cairn_core::crypto::ConvergenceSecret,
+    encoding: cairn_core::Encoding,
+    blobs: &mut Vec<BatchBlob>,
+) -> Result<Sealed, NodeError> {
+    if data.len() <= INLINE_LIMIT {
+        return Ok(Sealed {
+            size: data.len() as u64,
+            chunks: 0,
+            cap: Cap::Literal(LiteralCap {
+                data: data.to_vec(),
+            })
+            .to_string(),
+        });
+    }
+    let mode = || {
+        if options.private {
+            KeyMode::Private
+        } else {
+            KeyMode::Convergent(secret)
+        }
+    };
+    let mut builder = ManifestBuilder::new();
+    let mut chunks = 0u64;
+    let first = blobs.len();
+    for chunk in Chunker::new(std::io::Cursor::new(data)) {
+        let chunk = chunk.map_err(|e| NodeError::Aborted(e.to_string()))?;
+        let sealed = seal_chunk(&chunk, mode(), rand::random, encoding)?;
+        builder.push(
+            ChunkRef {
+                root: sealed.root,
+                plain_len: sealed.plain_len,
+            },
+            &sealed.key,
+        );
+        chunks += 1;
+        blobs.push(BatchBlob {
+            file,
+            root: sealed.root,
+            header: sealed.header.encode(),
+            shares: sealed.shares,
+        });
+    }
+    let result = (|| {
+        let (manifest, read_key) = builder.finish(mode(), rand::random)?;
+        let (header, shares) = encode_blob(&manifest.encode(), encoding)?;
+        if header.share_len() > MAX_MANIFEST_SHARE {
+            return Err(NodeError::TooLarge {
+                needed: header.share_len(),
+                limit: MAX_MANIFEST_SHARE,
+            });
+        }
+        let root = header.root();
+        blobs.push(BatchBlob {
+            file,
+            root,
+            header: header.encode(),
+            shares,
+        });
+        Ok(Cap::Read(ReadCap {
+            root,
+            key: read_key,
+            size: data.len() as u64,
+        })
+        .to_string())
+    })();
+    match result {
+        Ok(cap) => Ok(Sealed {
+            size: data.len() as u64,
+            chunks,
+            cap,
+        }),
+        Err(e) => {
+            blobs.truncate(first);
+            Err(e)
+        }
+    }
+}
+
+impl Node {
+    /// Stores many files held in memory (small ones: the caller bounds the batch) and returns
+    /// one result per file, in order. Each file is sealed exactly as [`Node::put`] seals it, so
+    /// it gets the same cap; the shares of the whole batch travel to each holder in a few
+    /// batched requests ([`Request::HeldShares`], [`Request::PutShares`]), each holder storing a
+    /// request's shares in one commit. A share whose primary holder fails goes to the next
+    /// member in rank order, as in a single put, and each file fails on its own when one of its
+    /// blobs lands on fewer than `happy` distinct members.
+    pub async fn put_many(
+        &self,
+        files: Vec<Vec<u8>>,
+        options: PutOptions,
+    ) -> Vec<Result<PutReport, NodeError>> {
+        let inner = self.inner.clone();
+        let count = files.len();
+        let secret = inner.keys.convergence.clone();
+        let encoding = inner.grid.encoding;
+        let sealed = tokio::task::spawn_blocking(move || {
+            let mut blobs = Vec::new();
+            let sealed: Vec<Result<Sealed, NodeError>> = files
+                .iter()
+                .enumerate()
+                .map(|(i, data)| seal_file(data, i, options, &secret, encoding, &mut blobs))
+                .collect();
+            (sealed, blobs)
+        })
+        .await;
+        let (sealed, blobs) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                return (0..count)
+                    .map(|_| Err(NodeError::Control(e.to_string())))
+                    .collect();
+            }
+        };
+        let stats: Vec<PutStats> = (0..count).map(|_| PutStats::default()).collect();
+        let placed = inner.place_many(blobs, &stats).await;
+        sealed
+            .into_iter()
+            .zip(placed)
+            .zip(stats)
+            .map(|((sealed, placed), stats)| {
+                let sealed = sealed?;
+                placed?;
+                let mut warnings = Vec::new();
+                let crowded = stats.crowded_chunks.load(Ordering::Relaxed);
+                if crowded > 0 {
+                    warnings.push(format!(
+                        "{crowded} chunk(s) have shares on fewer than {} distinct nodes (some nodes offline or full); run `cairn check` later",
+                        encoding.n
+                    ));
+                }
+                Ok(PutReport {
+                    cap: sealed.cap,
+                    size: sealed.size,
+                    chunks: sealed.chunks,
+                    shares_sent: stats.shares_sent.load(Ordering::Relaxed),
+                    shares_already_held: stats.shares_held.load(Ordering::Relaxed),
+                    bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+                    warnings,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    /// Places the shares of many blobs: per holder, one batched dedup query and batched puts
+    /// for the shares it is the primary holder of; then, blob by blob, what is still missing
+    /// goes the single-share way. Returns, per file, whether all its blobs are placed.
+    async fn place_many(
+        self: &Arc<Self>,
+        blobs: Vec<BatchBlob>,
+        stats: &[PutStats],
+    ) -> Vec<Result<(), NodeError>> {
+        let mut results: Vec<Result<(), NodeError>> = stats.iter().map(|_| Ok(())).collect();
+        // Rank once per blob; members that failed a moment ago go last.
+        let ranked: Vec<Vec<Member>> = blobs
+            .iter()
+            .map(|b| {
+                let mut r = self.ranked(&b.root);
+                r.sort_by_key(|m| self.health_of(&m.id).recently_failed());
+                r
+            })
+            .collect();
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+        // Per member: the (blob, share index) pairs it is the primary holder of.
+        let mut primary: BTreeMap<NodeId, Vec<(usize, usize)>> = BTreeMap::new();
+        for (b, r) in ranked.iter().enumerate() {
+            if r.is_empty() {
+                continue;
+            }
+            for i in 0..blobs[b].shares.len() {
+                let m = &r[i % r.len()];
+                members.entry(m.id).or_insert_with(|| m.clone());
+                primary.entry(m.id).or_default().push((b, i));
+            }
+        }
+
+        // Which of their shares do the primary holders already have?
+        let held = futures_util::future::join_all(primary.iter().map(|(id, list)| {
+            let member = members[id].clone();
+            let mut roots: Vec<ShareRoot> = list.iter().map(|&(b, _)| blobs[b].root).collect();
+            roots.sort_unstable();
+            roots.dedup();
+            async move {
+                let mut have: HashSet<(ShareRoot, u8)> = HashSet::new();
+                for part in roots.chunks(MAX_HELD_QUERY) {
+                    let request = Request::HeldShares {
+                        roots: part.to_vec(),
+                    };
+                    match self.request(&member, &request).await {
+                        Ok(Response::Held(held)) if held.len() == part.len() => {
+                            for (root, indices) in part.iter().zip(held) {
+                                have.extend(indices.into_iter().map(|i| (*root, i)));
+                            }
+                        }
+                        _ => return (member.id, None),
+                    }
+                }
+                (member.id, Some(have))
+            }
+        }))
+        .await;
+
+        let mut placed: Vec<Vec<Option<NodeId>>> =
+            blobs.iter().map(|b| vec![None; b.shares.len()]).collect();
+        let mut failed: HashSet<NodeId> = HashSet::new();
+        // Per member, the batched requests to send: (blob, index) pairs, bounded in count
+        // and bytes.
+        let mut sends: Vec<(NodeId, Vec<(usize, usize)>)> = Vec::new();
+        for (id, have) in held {
+            let Some(have) = have else {
+                failed.insert(id);
+                continue;
+            };
+            let mut batch: Vec<(usize, usize)> = Vec::new();
+            let mut bytes = 0usize;
+            for &(b, i) in &primary[&id] {
+                // A holder's claim counts only for the share it is the primary holder of.
+                if have.contains(&(blobs[b].root, i as u8)) {
+                    placed[b][i] = Some(id);
+                    stats[blobs[b].file]
+                        .shares_held
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let len = blobs[b].shares[i].len() + blobs[b].header.len();
+                if !batch.is_empty()
+                    && (batch.len() == MAX_SHARE_BATCH || bytes + len > BATCH_BYTES)
+                {
+                    sends.push((id, std::mem::take(&mut batch)));
+                    bytes = 0;
+                }
+                batch.push((b, i));
+                bytes += len;
+            }
+            if !batch.is_empty() {
+                sends.push((id, batch));
+            }
+        }
+        let lease = self.lease();
+        let answers = futures_util::future::join_all(sends.into_iter().map(|(id, batch)| {
+            let member = members[&id].clone();
+            let request = Request::PutShares {
+                lease,
+                shares: batch
+                    .iter()
+                    .map(|&(b, i)| ShareItem {
+                        root: blobs[b].root,
+                        index: i as u8,
+                        header: blobs[b].header.clone(),
+                        data: blobs[b].shares[i].clone(),
+                    })
+                    .collect(),
+            };
+            async move {
+                let answer = self.request(&member, &request).await;
+                (id, batch, answer)
+            }
+        }))
+        .await;
+        for (id, batch, answer) in answers {
+            match answer {
+                Ok(Response::StoredMany(list)) if list.len() == batch.len() => {
+                    for ((b, i), answer) in batch.into_iter().zip(list) {
+                        let stats = &stats[blobs[b].file];
+                        match answer {
+                            PutAnswer::Stored { already } => {
+                                placed[b][i] = Some(id);
+                                if already {
+                                    stats.shares_held.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    stats.shares_sent.fetch_add(1, Ordering::Relaxed);
+                                    stats.bytes_sent.fetch_add(
+                                        blobs[b].shares[i].len() as u64,
+                                        Ordering::Relaxed,
+                                    );
+                                }
+                            }
+                            PutAnswer::Refused(why) => {
+                                tracing::debug!(peer = %id.fmt_short(), %why, "share not stored");
+                                failed.insert(id);
+                            }
+                        }
+                    }
+                }
+                Ok(other) => {
+                    tracing::debug!(peer = %id.fmt_short(), answer = ?other, "shares not stored");
+                    failed.insert(id);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %id.fmt_short(), error = %e, "shares not sent");
+                    failed.insert(id);
+                }
+            }
+        }
+
+        // Blob by blob: the shares still missing, then the `happy` check.
+        let happy = usize::from(self.grid.encoding.happy);
+        let jobs = blobs
+            .into_iter()
+            .zip(ranked)
+            .zip(placed)
+            .map(|((blob, ranked), mut placed)| {
+                let mut failed = failed.clone();
+                async move {
+                    let outcome = if ranked.is_empty() {
+                        Err(NodeError::NotHappy {
+                            root: blob.root,
+                            placed: 0,
+                            happy,
+                        })
+                    } else {
+                        self.place_rest(
+                            blob.root,
+                            &blob.header,
+                            blob.shares,
+                            &ranked,
+                            &mut placed,
+                            &mut failed,
+                            &stats[blob.file],
+                        )
+                        .await
+                    };
+                    (blob.file, outcome)
+                }
+            });
+        let mut outcomes = futures_util::stream::iter(jobs).buffer_unordered(PLACEMENTS_AT_ONCE);
+        while let Some((file, outcome)) = outcomes.next().await {
+            if let Err(e) = outcome
+                && results[file].is_ok()
+            {
+                results[file] = Err(e);
+            }
+        }
+        results
     }
 }
