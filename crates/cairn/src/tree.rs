@@ -19,6 +19,14 @@ use crate::{call, get_file, print_json};
 const PARALLEL_FILES: usize = 16;
 /// Entries linked per directory version by `cp -r`.
 const LINK_BATCH: usize = 2000;
+/// Files of at most this many bytes are moved in batches by `cp -r`.
+const SMALL_FILE: u64 = 256 * 1024;
+/// The most files in one batch.
+const BATCH_FILES: usize = 128;
+/// The most bytes in one batch (within the node's limit, `MAX_MANY_BYTES`).
+const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Batches in flight at once.
+const PARALLEL_BATCHES: usize = 4;
 
 /// Mode and mtime of a local file.
 pub(crate) fn file_meta(metadata: &std::fs::Metadata) -> FileMeta {
@@ -248,6 +256,33 @@ async fn put_one(dir: NodeDir, path: PathBuf) -> Result<PutReport> {
     Ok(serde_json::from_value(value)?)
 }
 
+/// A small file waiting for its batch: directory, position in it, name, path, mode and mtime.
+type SmallFile = (String, usize, String, PathBuf, FileMeta);
+/// A put file: directory, position in it, name, mode and mtime, and the put's report.
+type PutFile = (String, usize, String, FileMeta, PutReport);
+
+/// Puts a batch of small files through one control call.
+async fn put_batch(dir: NodeDir, files: Vec<SmallFile>) -> Result<Vec<PutFile>> {
+    let mut data = Vec::with_capacity(files.len());
+    for (_, _, _, path, _) in &files {
+        data.push(
+            tokio::fs::read(path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        );
+    }
+    let client = ControlClient::connect(&dir).await?;
+    let results = client.put_many(false, &data).await?;
+    files
+        .into_iter()
+        .zip(results)
+        .map(|((rel, index, name, path, meta), result)| {
+            let value = result.with_context(|| format!("cannot put {}", path.display()))?;
+            Ok((rel, index, name, meta, serde_json::from_value(value)?))
+        })
+        .collect()
+}
+
 async fn upload(dir: &Path, local: &Path, to: &str, recursive: bool, json: bool) -> Result<()> {
     let started = Instant::now();
     let metadata =
@@ -291,22 +326,58 @@ async fn upload(dir: &Path, local: &Path, to: &str, recursive: bool, json: bool)
         )
         .await?;
     }
+    // Small files travel in batches (one control call and a few requests per holder for many
+    // files); larger ones one by one, streamed.
     let limit = Arc::new(Semaphore::new(PARALLEL_FILES));
+    let batches = Arc::new(Semaphore::new(PARALLEL_BATCHES));
+    let mut puts = JoinSet::new();
+    let mut batch: Vec<SmallFile> = Vec::new();
+    let mut batch_bytes = 0u64;
     for (rel, files) in tree.files {
-        let mut puts = JoinSet::new();
         for (index, (name, path, metadata)) in files.into_iter().enumerate() {
+            let meta = file_meta(&metadata);
+            if metadata.len() <= SMALL_FILE {
+                if !batch.is_empty()
+                    && (batch.len() >= BATCH_FILES || batch_bytes + metadata.len() > BATCH_BYTES)
+                {
+                    let permit = batches.clone().acquire_owned().await?;
+                    let node_dir = node_dir.clone();
+                    let files = std::mem::take(&mut batch);
+                    puts.spawn(async move {
+                        let done = put_batch(node_dir, files).await;
+                        drop(permit);
+                        done
+                    });
+                    batch_bytes = 0;
+                }
+                batch_bytes += metadata.len();
+                batch.push((rel.clone(), index, name, path, meta));
+                continue;
+            }
             let permit = limit.clone().acquire_owned().await?;
             let node_dir = node_dir.clone();
+            let rel = rel.clone();
             puts.spawn(async move {
                 let put = put_one(node_dir, path).await;
                 drop(permit);
-                put.map(|r| (index, name, file_meta(&metadata), r))
+                put.map(|r| vec![(rel, index, name, meta, r)])
             });
         }
-        let mut done = Vec::new();
-        while let Some(joined) = puts.join_next().await {
-            done.push(joined??);
+    }
+    if !batch.is_empty() {
+        let node_dir = node_dir.clone();
+        puts.spawn(put_batch(node_dir, batch));
+    }
+    let mut by_dir: BTreeMap<String, Vec<(usize, String, FileMeta, PutReport)>> = BTreeMap::new();
+    while let Some(joined) = puts.join_next().await {
+        for (rel, index, name, meta, put) in joined?? {
+            by_dir
+                .entry(rel)
+                .or_default()
+                .push((index, name, meta, put));
         }
+    }
+    for (rel, mut done) in by_dir {
         done.sort_by_key(|d| d.0);
         for batch in done.chunks(LINK_BATCH) {
             let items: Vec<LinkItem> = batch
@@ -356,6 +427,28 @@ fn report_single(bytes: u64, dest: String, started: Instant, json: bool) -> Resu
         dest,
     }
     .print(json)
+}
+
+/// Fetches a batch of small files through one control call and writes them; returns the
+/// number of files and bytes.
+async fn get_batch(dir: NodeDir, files: Vec<(String, PathBuf, u32)>) -> Result<(u64, u64)> {
+    let caps: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    let client = ControlClient::connect(&dir).await?;
+    let results = client.get_many(&caps).await?;
+    let mut bytes = 0u64;
+    for ((_, path, mode), result) in files.iter().zip(results) {
+        let data = result.with_context(|| format!("cannot get {}", path.display()))?;
+        bytes += data.len() as u64;
+        tokio::fs::write(path, &data)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if *mode != 0 {
+            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .await
+                .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        }
+    }
+    Ok((files.len() as u64, bytes))
 }
 
 async fn download(dir: &Path, from: &str, local: &Path, recursive: bool, json: bool) -> Result<()> {
@@ -415,11 +508,32 @@ async fn download(dir: &Path, from: &str, local: &Path, recursive: bool, json: b
         report.dirs += 1;
     }
     let limit = Arc::new(Semaphore::new(PARALLEL_FILES));
+    let batches = Arc::new(Semaphore::new(PARALLEL_BATCHES));
     let mut gets = JoinSet::new();
+    let mut batch: Vec<(String, PathBuf, u32)> = Vec::new();
+    let mut batch_bytes = 0u64;
     for entry in entries.iter().filter(|e| e.kind == "file") {
         let path = safe(&entry.path)?;
         let cap = entry.cap.clone().context("file entry without a cap")?;
         let mode = entry.meta.mode;
+        if entry.size <= SMALL_FILE {
+            if !batch.is_empty()
+                && (batch.len() >= BATCH_FILES || batch_bytes + entry.size > BATCH_BYTES)
+            {
+                let permit = batches.clone().acquire_owned().await?;
+                let node_dir = node_dir.clone();
+                let files = std::mem::take(&mut batch);
+                gets.spawn(async move {
+                    let done = get_batch(node_dir, files).await;
+                    drop(permit);
+                    done
+                });
+                batch_bytes = 0;
+            }
+            batch_bytes += entry.size;
+            batch.push((cap, path, mode));
+            continue;
+        }
         let permit = limit.clone().acquire_owned().await?;
         let node_dir = node_dir.clone();
         gets.spawn(async move {
@@ -430,12 +544,16 @@ async fn download(dir: &Path, from: &str, local: &Path, recursive: bool, json: b
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
                     .with_context(|| format!("cannot set the mode of {}", path.display()))?;
             }
-            Ok::<u64, anyhow::Error>(size)
+            Ok::<(u64, u64), anyhow::Error>((1, size))
         });
     }
+    if !batch.is_empty() {
+        gets.spawn(get_batch(node_dir.clone(), batch));
+    }
     while let Some(joined) = gets.join_next().await {
-        report.bytes += joined??;
-        report.files += 1;
+        let (files, bytes) = joined??;
+        report.bytes += bytes;
+        report.files += files;
     }
     for entry in entries.iter().filter(|e| e.kind == "symlink") {
         let path = safe(&entry.path)?;
