@@ -1,32 +1,43 @@
 //! [`DiskStore`]: shares on local disk, metadata in redb.
 //!
-//! # Layout (store format 1)
+//! # Layout (store format 2)
 //!
 //! ```text
 //! <dir>/store.redb                       redb: tables below
 //! <dir>/shares/<hh>/<root hex>.<index>   shares larger than INLINE_MAX, one file each
+//! <dir>/packs/<id>.pack                  small shares of one put_many batch, with their headers
 //! ```
 //!
 //! redb tables: `shares` (`root || index` -> versioned record: length, location, leases),
 //! `inline` (`root || index` -> share bytes, for shares of at most [`INLINE_MAX`] bytes),
-//! `headers` (`root` -> header bytes and the number of that root's shares held) and `meta`
-//! (format version, bytes used, shares held). Inline bytes have their own table so that lease
-//! updates, [`ShareStore::for_each_share`] and the check at open never read share bytes.
-//! Record encodings are in `disk/record.rs`.
+//! `headers` (`root` -> header bytes and the number of that root's shares held), `packs`
+//! (pack id -> number of shares held in it) and `meta` (format version, bytes used, shares
+//! held). Inline bytes have their own table so that lease updates,
+//! [`ShareStore::for_each_share`] and the check at open never read share bytes. Record
+//! encodings are in `disk/record.rs`.
 //!
-//! Small shares live inside redb: a 4 KiB share as its own file would cost a file, an inode,
-//! directory entries and several fsyncs. Larger shares get a file, as the copy through redb's
-//! pages would cost more than the file system's overhead.
+//! Small shares put one at a time live inside redb: a 4 KiB share as its own file would cost a
+//! file, an inode, directory entries and several fsyncs. Larger shares get a file, as the copy
+//! through redb's pages would cost more than the file system's overhead. The small shares of a
+//! [`ShareStore::put_many`] batch (at least [`PACK_MIN`] of them) go to one pack file instead,
+//! each as its header followed by its bytes: redb's pages hold a 1.4 KiB value at about 60%
+//! and copy-on-write leaves more free pages behind, while a pack costs one file and one fsync
+//! for the batch and wastes nothing. A packed share keeps its own header (its record says
+//! where) and does not use the `headers` table. A pack is deleted with its last share; the
+//! space of shares removed before that stays in use until then.
+//!
+//! Format 1 (no packs) is upgraded in place at open: its records are valid format 2 records.
 //!
 //! # Crash safety
 //!
-//! A put writes a large share to a temporary name in its final directory, fsyncs it, renames it
-//! and fsyncs the directory; only then does the redb commit make the share visible. A remove
-//! commits first and deletes the file afterwards. So whatever moment the process dies at, every
-//! record's bytes exist in full; what can be left over is a temporary file or a share file that
-//! no record names. [`DiskStore::open`] removes both, drops any record whose file is missing or
-//! has the wrong length (which only outside damage can cause), and recomputes the usage
-//! counters and header reference counts (see [`RecoveryReport`]). A file that is damaged while
+//! A put writes a large share (or a batch's pack) to a temporary name in its final directory,
+//! fsyncs it, renames it and fsyncs the directory; only then does the redb commit make the share
+//! visible. A remove commits first and deletes the file afterwards (a pack, once the commit
+//! removed its last share). So whatever moment the process dies at, every record's bytes exist
+//! in full; what can be left over is a temporary file, or a share or pack file that no record
+//! names. [`DiskStore::open`] removes all of these, drops any record whose file is missing or
+//! too short (which only outside damage can cause), and recomputes the usage counters, header
+//! reference counts and pack share counts (see [`RecoveryReport`]). A file that is damaged while
 //! the store runs is reported as [`StoreError::Corrupt`] by `get`.
 //!
 //! Open therefore walks every share record (small: no share bytes) and stats every share file:
@@ -69,7 +80,12 @@ use crate::{PutItem, PutOutcome, ShareStore, StoreError, StoreUsage, StoredShare
 pub const INLINE_MAX: usize = 16 * 1024;
 
 /// The on-disk format this build reads and writes (the `format` entry of the `meta` table).
-const FORMAT: u64 = 1;
+const FORMAT: u64 = 2;
+/// The earlier format this build upgrades at open.
+const FORMAT_UPGRADED: u64 = 1;
+
+/// A `put_many` batch with at least this many new small shares writes them to one pack file.
+pub const PACK_MIN: usize = 4;
 
 /// `root || index`.
 type ShareKey = [u8; 33];
@@ -77,6 +93,7 @@ type ShareKey = [u8; 33];
 const SHARES: TableDefinition<&ShareKey, &[u8]> = TableDefinition::new("shares");
 const INLINE: TableDefinition<&ShareKey, &[u8]> = TableDefinition::new("inline");
 const HEADERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("headers");
+const PACKS: TableDefinition<u64, u64> = TableDefinition::new("packs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_FORMAT: &str = "format";
@@ -116,6 +133,8 @@ pub struct RecoveryReport {
     pub counters_repaired: bool,
     /// Files in the share directories that are not the store's; left alone.
     pub stray_files: u64,
+    /// Pack files no record named (an interrupted batch, or all its shares removed), removed.
+    pub orphan_packs_removed: u64,
 }
 
 /// A [`ShareStore`] in a directory: metadata and small shares in redb, large shares in files.
@@ -123,6 +142,9 @@ pub struct RecoveryReport {
 pub struct DiskStore {
     dir: PathBuf,
     shares_dir: PathBuf,
+    packs_dir: PathBuf,
+    /// The id the next pack gets (above every pack on disk or named at open).
+    next_pack: AtomicU64,
     db: Database,
     capacity: u64,
     locks: KeyLocks<ShareKey>,
@@ -148,8 +170,10 @@ enum Op {
         key: ShareKey,
         header: Vec<u8>,
         len: u64,
-        /// The bytes of an inline share; `None` for a file share.
+        /// The bytes of an inline share; `None` for a file or packed share.
         inline: Option<Vec<u8>>,
+        /// `(pack, offset)` of a packed share (its header is at `offset`).
+        packed: Option<(u64, u64)>,
         lease: Lease,
     },
     /// Merge a lease into a held share.
@@ -196,6 +220,7 @@ struct WriteTables<'t> {
     shares: Table<'t, &'static ShareKey, &'static [u8]>,
     inline: Table<'t, &'static ShareKey, &'static [u8]>,
     headers: Table<'t, &'static [u8; 32], &'static [u8]>,
+    packs: Table<'t, u64, u64>,
 }
 
 fn corrupt(key: &ShareKey, detail: impl Into<String>) -> StoreError {
@@ -228,6 +253,12 @@ impl DiskStore {
             }
         }
         files::sync_dir(&shares_dir)?;
+        let packs_dir = dir.join("packs");
+        match fs::create_dir(&packs_dir) {
+            Ok(()) => files::sync_dir(&packs_dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io(packs_dir, e)),
+        }
         files::sync_dir(dir)?;
 
         let db = Database::create(dir.join("store.redb"))?;
@@ -235,6 +266,8 @@ impl DiskStore {
         let mut store = DiskStore {
             dir: dir.to_path_buf(),
             shares_dir,
+            packs_dir,
+            next_pack: AtomicU64::new(0),
             db,
             capacity: capacity_bytes,
             locks: KeyLocks::new(),
@@ -287,6 +320,7 @@ impl DiskStore {
                 shares: txn.open_table(SHARES)?,
                 inline: txn.open_table(INLINE)?,
                 headers: txn.open_table(HEADERS)?,
+                packs: txn.open_table(PACKS)?,
             };
             let mut meta = txn.open_table(META)?;
             let before = Counters::read(&meta)?;
@@ -321,6 +355,7 @@ impl DiskStore {
                 header,
                 len,
                 inline,
+                packed,
                 lease,
             } => {
                 if t.shares.get(key)?.is_some() {
@@ -334,6 +369,29 @@ impl DiskStore {
                         counters,
                         changed,
                     );
+                }
+                if let Some((pack, offset)) = *packed {
+                    let needed = len + header.len() as u64;
+                    let available = self.capacity.saturating_sub(counters.used);
+                    if needed > available {
+                        return Ok(Err(StoreError::Full { needed, available }));
+                    }
+                    let held = t.packs.get(pack)?.map(|v| v.value()).unwrap_or(0);
+                    t.packs.insert(pack, held + 1)?;
+                    let rec = ShareRecord {
+                        len: *len,
+                        location: Location::Packed {
+                            pack,
+                            offset,
+                            header_len: header.len() as u32,
+                        },
+                        leases: vec![*lease],
+                    };
+                    t.shares.insert(key, rec.encode().as_slice())?;
+                    counters.used += needed;
+                    counters.shares += 1;
+                    *changed = true;
+                    return Ok(Ok(Done::Put(PutOutcome::Stored)));
                 }
                 let root = key_root(key);
                 let header_rec = match t
@@ -413,6 +471,28 @@ impl DiskStore {
                 t.shares.remove(key)?;
                 t.inline.remove(key)?;
                 counters.shares = counters.shares.saturating_sub(1);
+                if let Some(ShareRecord {
+                    len,
+                    location:
+                        location @ Location::Packed {
+                            pack, header_len, ..
+                        },
+                    ..
+                }) = rec
+                {
+                    counters.used = counters.used.saturating_sub(len + u64::from(header_len));
+                    let held = t.packs.get(pack)?.map(|v| v.value());
+                    match held {
+                        Some(n) if n > 1 => {
+                            t.packs.insert(pack, n - 1)?;
+                        }
+                        _ => {
+                            t.packs.remove(pack)?;
+                        }
+                    }
+                    *changed = true;
+                    return Ok(Ok(Done::Removed(Some(location))));
+                }
                 if let Some(rec) = &rec {
                     counters.used = counters.used.saturating_sub(rec.len);
                 }
@@ -462,16 +542,18 @@ impl DiskStore {
         let mut results: Vec<Option<Result<PutOutcome, StoreError>>> = Vec::new();
         results.resize_with(items.len(), || None);
         let mut ops = Vec::new();
-        // Which item each op belongs to, and the file it wrote (if any).
+        // Which item each op belongs to, the share file it wrote (if any), and what it needs.
         let mut owners: Vec<(usize, Option<PathBuf>, u64)> = Vec::new();
-        {
+        // New shares: item, key, whether their root's header is already held (or comes with
+        // an earlier share of this batch).
+        let mut new: Vec<(usize, ShareKey, bool)> = Vec::new();
+        let available = {
             let txn = self.db.begin_read()?;
             let shares = txn.open_table(SHARES)?;
             let headers = txn.open_table(HEADERS)?;
             let counters = Counters::read(&txn.open_table(META)?)?;
-            let mut available = self.capacity.saturating_sub(counters.used);
             let mut headers_counted: HashSet<[u8; 32]> = HashSet::new();
-            for (i, (item, key)) in items.iter().zip(keys).enumerate() {
+            for (i, key) in keys.iter().enumerate() {
                 let existing = match shares.get(key)? {
                     Some(v) => match ShareRecord::decode(v.value()) {
                         Ok(rec) => Some(rec),
@@ -492,46 +574,110 @@ impl DiskStore {
                     continue;
                 }
                 let root = key_root(key);
-                let has_header = headers_counted.contains(&root) || headers.get(&root)?.is_some();
-                let len = item.data.len() as u64;
-                let needed = len
-                    + if has_header {
-                        0
-                    } else {
-                        item.header.len() as u64
-                    };
-                if needed > available {
-                    results[i] = Some(Err(StoreError::Full { needed, available }));
-                    continue;
-                }
-                let (inline, file) = if item.data.len() <= INLINE_MAX {
-                    (Some(item.data.to_vec()), None)
-                } else {
-                    let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-                    match files::write_share_file(&self.shares_dir, key, item.data, seq) {
-                        Ok(path) => (None, Some(path)),
-                        Err(e) => {
-                            results[i] = Some(Err(e.full_if_disk_full(needed)));
-                            continue;
-                        }
+                let has_header = !headers_counted.insert(root) || headers.get(&root)?.is_some();
+                new.push((i, *key, has_header));
+            }
+            self.capacity.saturating_sub(counters.used)
+        };
+        let mut available = available;
+        let small = new
+            .iter()
+            .filter(|(i, _, _)| items[*i].data.len() <= INLINE_MAX)
+            .count();
+        let pack = (small >= PACK_MIN).then(|| self.next_pack.fetch_add(1, Ordering::Relaxed));
+        // The pack's bytes, and its shares: item, key, offset, needed.
+        let mut pack_bytes: Vec<u8> = Vec::new();
+        let mut packed: Vec<(usize, ShareKey, u64, u64)> = Vec::new();
+        for (i, key, has_header) in new {
+            let item = &items[i];
+            let len = item.data.len() as u64;
+            let packs = pack.is_some() && item.data.len() <= INLINE_MAX;
+            let header_cost = if has_header && !packs {
+                0
+            } else {
+                item.header.len() as u64
+            };
+            let needed = len + header_cost;
+            if needed > available {
+                results[i] = Some(Err(StoreError::Full { needed, available }));
+                continue;
+            }
+            available -= needed;
+            if packs {
+                packed.push((i, key, pack_bytes.len() as u64, needed));
+                pack_bytes.extend_from_slice(item.header);
+                pack_bytes.extend_from_slice(item.data);
+                continue;
+            }
+            let (inline, file) = if item.data.len() <= INLINE_MAX {
+                (Some(item.data.to_vec()), None)
+            } else {
+                let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+                match files::write_share_file(&self.shares_dir, &key, item.data, seq) {
+                    Ok(path) => (None, Some(path)),
+                    Err(e) => {
+                        results[i] = Some(Err(e.full_if_disk_full(needed)));
+                        continue;
                     }
-                };
-                available -= needed;
-                headers_counted.insert(root);
-                ops.push(Op::Insert {
-                    key: *key,
-                    header: item.header.to_vec(),
-                    len,
-                    inline,
-                    lease,
-                });
-                owners.push((i, file, needed));
+                }
+            };
+            ops.push(Op::Insert {
+                key,
+                header: item.header.to_vec(),
+                len,
+                inline,
+                packed: None,
+                lease,
+            });
+            owners.push((i, file, needed));
+        }
+        // The pack is durable before the commit that names its shares.
+        let mut pack_path = None;
+        let mut in_pack: HashSet<usize> = HashSet::new();
+        if let (Some(id), false) = (pack, packed.is_empty()) {
+            match files::write_pack_file(&self.packs_dir, id, &pack_bytes) {
+                Ok(path) => {
+                    pack_path = Some(path);
+                    for (i, key, offset, needed) in packed {
+                        in_pack.insert(i);
+                        let item = &items[i];
+                        ops.push(Op::Insert {
+                            key,
+                            header: item.header.to_vec(),
+                            len: item.data.len() as u64,
+                            inline: None,
+                            packed: Some((id, offset)),
+                            lease,
+                        });
+                        owners.push((i, None, needed));
+                    }
+                }
+                Err(e) => {
+                    // One error for the whole pack; each of its shares gets its own copy.
+                    let e = e.full_if_disk_full(pack_bytes.len() as u64);
+                    for (i, _, _, needed) in packed {
+                        results[i] = Some(Err(match &e {
+                            StoreError::Full { available, .. } => StoreError::Full {
+                                needed,
+                                available: *available,
+                            },
+                            other => StoreError::Io {
+                                path: self.packs_dir.clone(),
+                                source: std::io::Error::other(other.to_string()),
+                            },
+                        }));
+                    }
+                }
             }
         }
         let done = self.commits.submit_many(ops, |ops| self.run_batch(ops))?;
+        let mut pack_used = false;
         for ((i, file, needed), result) in owners.into_iter().zip(done) {
             results[i] = Some(match result {
-                Ok(Done::Put(outcome)) => Ok(outcome),
+                Ok(Done::Put(outcome)) => {
+                    pack_used |= in_pack.contains(&i);
+                    Ok(outcome)
+                }
                 Ok(Done::Removed(_)) => Err(StoreError::Poisoned),
                 Err(e) => {
                     if let Some(path) = file {
@@ -540,6 +686,10 @@ impl DiskStore {
                     Err(e.full_if_disk_full(needed))
                 }
             });
+        }
+        if let (Some(path), false) = (&pack_path, pack_used) {
+            // No record names the pack: it is garbage (or the next open sweeps it).
+            files::remove_quietly(path);
         }
         drop(guards);
         Ok(results
@@ -595,6 +745,31 @@ impl DiskStore {
                 report.stray_files += 1;
             }
         }
+        // Pack files, likewise.
+        let mut packs_on_disk: HashMap<u64, u64> = HashMap::new();
+        let entries =
+            fs::read_dir(&self.packs_dir).map_err(|e| StoreError::io(&self.packs_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.packs_dir, e))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or("");
+            if name.starts_with(files::TMP_PREFIX) {
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                report.temp_files_removed += 1;
+                continue;
+            }
+            if let Some(id) = files::parse_pack_file_name(name) {
+                let meta = entry.metadata().map_err(|e| StoreError::io(&path, e))?;
+                if meta.is_file() {
+                    packs_on_disk.insert(id, meta.len());
+                    continue;
+                }
+            }
+            warn!(path = %path.display(), "stray file in the pack directory, left alone");
+            report.stray_files += 1;
+        }
+        let mut pack_refs: BTreeMap<u64, u64> = BTreeMap::new();
 
         // 2. Records: keep those whose bytes are there; count what is kept. Files of kept
         // records leave `on_disk`, so what remains there afterwards is garbage.
@@ -620,10 +795,37 @@ impl DiskStore {
             let (k, v) = item?;
             let key = *k.value();
             let (root, index) = key_parts(&key);
+            let mut packed = None;
             let problem = match ShareRecord::decode(v.value()) {
                 Err(detail) => Some(detail),
+                Ok(ShareRecord {
+                    len,
+                    location:
+                        Location::Packed {
+                            pack,
+                            offset,
+                            header_len,
+                        },
+                    ..
+                }) => {
+                    let end = offset
+                        .saturating_add(u64::from(header_len))
+                        .saturating_add(len);
+                    match packs_on_disk.get(&pack) {
+                        Some(&size) if size >= end => {
+                            counted.used += len + u64::from(header_len);
+                            packed = Some(pack);
+                            None
+                        }
+                        Some(&size) => {
+                            Some(format!("pack {pack} is {size} bytes, record ends at {end}"))
+                        }
+                        None => Some(format!("pack {pack} missing")),
+                    }
+                }
                 Ok(_) if !headers.contains_key(&key_root(&key)) => Some("header missing".into()),
                 Ok(rec) => match rec.location {
+                    Location::Packed { .. } => unreachable!("matched above"),
                     Location::Inline => {
                         counted.used += rec.len;
                         None
@@ -646,11 +848,19 @@ impl DiskStore {
                 }
                 None => {
                     counted.shares += 1;
-                    *refs.entry(key_root(&key)).or_default() += 1;
+                    match packed {
+                        Some(pack) => *pack_refs.entry(pack).or_default() += 1,
+                        None => *refs.entry(key_root(&key)).or_default() += 1,
+                    }
                 }
             }
         }
         let stored = Counters::read(&txn.open_table(META)?)?;
+        let mut stored_packs: BTreeMap<u64, u64> = BTreeMap::new();
+        for item in txn.open_table(PACKS)?.iter()? {
+            let (k, v) = item?;
+            stored_packs.insert(k.value(), v.value());
+        }
         drop(txn);
 
         // 3. Headers must be referenced exactly by the kept records.
@@ -670,7 +880,8 @@ impl DiskStore {
         header_fixes.extend(bad_headers.into_iter().map(|root| (root, None)));
 
         report.records_dropped = drop_keys.len() as u64;
-        report.counters_repaired = counted != stored || !header_fixes.is_empty();
+        report.counters_repaired =
+            counted != stored || !header_fixes.is_empty() || pack_refs != stored_packs;
         if !drop_keys.is_empty() || report.counters_repaired {
             if report.counters_repaired {
                 warn!(
@@ -698,6 +909,15 @@ impl DiskStore {
                     };
                 }
                 counted.write(&mut txn.open_table(META)?)?;
+                let mut packs = txn.open_table(PACKS)?;
+                for id in stored_packs.keys() {
+                    if !pack_refs.contains_key(id) {
+                        packs.remove(id)?;
+                    }
+                }
+                for (id, n) in &pack_refs {
+                    packs.insert(id, n)?;
+                }
             }
             txn.commit()?;
         }
@@ -712,6 +932,19 @@ impl DiskStore {
                 report.orphan_files_removed += 1;
             }
         }
+        for id in packs_on_disk.keys() {
+            if !pack_refs.contains_key(id) {
+                let path = self.packs_dir.join(files::pack_file_name(*id));
+                fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                report.orphan_packs_removed += 1;
+            }
+        }
+        let next = packs_on_disk
+            .keys()
+            .chain(stored_packs.keys())
+            .max()
+            .map_or(0, |m| m + 1);
+        self.next_pack.store(next, Ordering::Relaxed);
 
         if report != RecoveryReport::default() {
             warn!(?report, dir = %self.dir.display(), "share store recovered");
@@ -727,6 +960,7 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(SHARES)?;
         txn.open_table(INLINE)?;
         txn.open_table(HEADERS)?;
+        txn.open_table(PACKS)?;
         let mut meta = txn.open_table(META)?;
         let found = meta.get(META_FORMAT)?.map(|v| v.value());
         match found {
@@ -735,6 +969,9 @@ fn init_tables(db: &Database) -> Result<(), StoreError> {
                 Counters { used: 0, shares: 0 }.write(&mut meta)?;
             }
             Some(FORMAT) => {}
+            Some(FORMAT_UPGRADED) => {
+                meta.insert(META_FORMAT, FORMAT)?;
+            }
             Some(found) => {
                 return Err(StoreError::UnsupportedFormat {
                     found,
@@ -791,6 +1028,7 @@ impl ShareStore for DiskStore {
             header: header.to_vec(),
             len,
             inline,
+            packed: None,
             lease,
         });
         match result {
@@ -845,6 +1083,41 @@ impl ShareStore for DiskStore {
             None => return Ok(None),
         };
         let range = resolve_range(root, index, range, rec.len)?;
+        if let Location::Packed {
+            pack,
+            offset,
+            header_len,
+        } = rec.location
+        {
+            drop(txn);
+            let path = self.packs_dir.join(files::pack_file_name(pack));
+            let header_len = header_len as usize;
+            let total = header_len + rec.len as usize;
+            return match files::read_pack(&path, offset, total) {
+                Ok(mut bytes) => {
+                    let data = bytes
+                        [header_len + range.start as usize..header_len + range.end as usize]
+                        .to_vec();
+                    bytes.truncate(header_len);
+                    Ok(Some(StoredShare {
+                        header: bytes,
+                        data,
+                    }))
+                }
+                Err(ReadFailure::Missing) => {
+                    // A remove may have finished since our snapshot.
+                    if self.peek(&key)?.0.is_none() {
+                        return Ok(None);
+                    }
+                    Err(corrupt(&key, "pack file missing"))
+                }
+                Err(ReadFailure::WrongLength(actual)) => Err(corrupt(
+                    &key,
+                    format!("pack file is {actual} bytes, too short for the share"),
+                )),
+                Err(ReadFailure::Io(e)) => Err(StoreError::io(path, e)),
+            };
+        }
         let header = match txn.open_table(HEADERS)?.get(root.as_bytes())? {
             Some(v) => {
                 HeaderRecord::decode(v.value())
@@ -854,6 +1127,7 @@ impl ShareStore for DiskStore {
             None => return Err(corrupt(&key, "header missing")),
         };
         let data = match rec.location {
+            Location::Packed { .. } => unreachable!("packed shares are read above"),
             Location::Inline => {
                 let table = txn.open_table(INLINE)?;
                 let Some(bytes) = table.get(&key)? else {
@@ -913,9 +1187,21 @@ impl ShareStore for DiskStore {
         match self.submit(Op::Remove { key })? {
             Done::Removed(None) => Ok(false),
             Done::Removed(Some(location)) => {
-                if location == Location::File {
-                    // Committed: the file is garbage now. If deleting fails, open sweeps it.
-                    files::remove_quietly(&files::share_path(&self.shares_dir, &key));
+                match location {
+                    Location::File => {
+                        // Committed: the file is garbage now. If deleting fails, open sweeps it.
+                        files::remove_quietly(&files::share_path(&self.shares_dir, &key));
+                    }
+                    Location::Packed { pack, .. } => {
+                        // The pack goes with its last share (no put adds to an existing pack).
+                        let txn = self.db.begin_read()?;
+                        if txn.open_table(PACKS)?.get(pack)?.is_none() {
+                            files::remove_quietly(
+                                &self.packs_dir.join(files::pack_file_name(pack)),
+                            );
+                        }
+                    }
+                    Location::Inline => {}
                 }
                 Ok(true)
             }
@@ -955,25 +1241,48 @@ impl ShareStore for DiskStore {
 mod tests {
     use super::*;
 
+    fn set_format(dir: &Path, format: u64) {
+        let db = Database::create(dir.join("store.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT, format)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     #[test]
     fn newer_format_is_refused_disk() {
         let dir = tempfile::tempdir().unwrap();
         drop(DiskStore::open(dir.path(), 1000).unwrap());
-        {
-            let db = Database::create(dir.path().join("store.redb")).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_FORMAT, 2)
-                .unwrap();
-            txn.commit().unwrap();
-        }
+        set_format(dir.path(), 3);
         assert!(matches!(
             DiskStore::open(dir.path(), 1000),
             Err(StoreError::UnsupportedFormat {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
         ));
+    }
+
+    #[test]
+    fn format_1_is_upgraded_in_place_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ShareRoot::from_bytes([4; 32]);
+        let lease = Lease {
+            owner: cairn_core::id::NodeId::from_bytes([1; 32]),
+            expires_at: 9,
+        };
+        {
+            let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+            store.put(&root, 1, b"h", b"data", lease).unwrap();
+        }
+        set_format(dir.path(), 1);
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.recovery(), &RecoveryReport::default());
+        assert_eq!(store.get(&root, 1, None).unwrap().unwrap().data, b"data");
+        let txn = store.db.begin_read().unwrap();
+        let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
+        assert_eq!(format.map(|v| v.value()), Some(FORMAT));
     }
 }

@@ -6,8 +6,8 @@
 //! bytes held against a capacity. Two implementations:
 //!
 //! - [`MemStore`]: in memory, for tests and ephemeral nodes.
-//! - [`DiskStore`]: metadata and small shares in redb, large shares in files, crash-safe at any
-//!   moment (see the [`disk`] module docs for the layout and the crash argument).
+//! - [`DiskStore`]: metadata and small shares in redb, large shares in files, the small shares
+//!   of a batch in one pack file, crash-safe at any moment (see the [`disk`] module docs for the layout and the crash argument).
 //!
 //! The store never parses headers or shares: the caller verifies them before `put`, the reader
 //! after `get`.
@@ -37,7 +37,7 @@ mod error;
 mod mem;
 mod store;
 
-pub use disk::{DiskStore, INLINE_MAX, RecoveryReport};
+pub use disk::{DiskStore, INLINE_MAX, PACK_MIN, RecoveryReport};
 pub use error::StoreError;
 pub use mem::MemStore;
 pub use store::{PutItem, PutOutcome, ShareStore, StoreUsage, StoredShare};

@@ -165,9 +165,15 @@ fn put_many_stores_like_put(f: Fixture) {
     );
     assert_eq!(s.held(&root(2)).unwrap(), vec![0, 2, 4]);
     assert_eq!(s.held(&root(3)).unwrap(), vec![1, 3, 5]);
-    // Headers are counted once per root, as with single puts.
+    // Headers are counted once per root, as with single puts; on disk, the four small shares
+    // went to a pack, where each keeps (and counts) its own header.
     let data_bytes: u64 = sizes.iter().map(|&l| l as u64).sum::<u64>() + 10;
-    assert_eq!(usage(&f).used_bytes, data_bytes + 3 * 3);
+    let headers = if f.dir.is_some() {
+        3 * 3 + 4 * 3
+    } else {
+        3 * 3
+    };
+    assert_eq!(usage(&f).used_bytes, data_bytes + headers);
     assert_eq!(usage(&f).shares, sizes.len() as u64 + 1);
     // The same batch again: all held; the same share twice in one batch works too.
     let again = s.put_many(&items(&shares, b"hdr"), lease(2, 20));
@@ -196,6 +202,126 @@ fn put_many_stores_like_put(f: Fixture) {
             assert_eq!(&store.get(root, *index, None).unwrap().unwrap().data, data);
         }
     }
+}
+
+#[test]
+fn put_many_packs_small_shares_and_drops_the_pack_with_its_last_share_disk() {
+    let f = Fixture::disk(CAPACITY);
+    let dir = f.dir.as_ref().unwrap().path().to_path_buf();
+    let packs = || all_files(&dir.join("packs")).len();
+    let s = &f.store;
+    let mut shares: Vec<(ShareRoot, u8, Vec<u8>)> = (0..20)
+        .map(|i| (root(40 + i), i % 3, bytes(u64::from(i), 1371)))
+        .collect();
+    shares.push((root(90), 0, bytes(90, INLINE_MAX + 1)));
+    let out = s.put_many(&items(&shares, b"a header"), lease(1, 10));
+    assert!(out.into_iter().all(|r| r.unwrap() == PutOutcome::Stored));
+    assert_eq!(packs(), 1);
+    assert_eq!(
+        f.share_files(),
+        Some(1),
+        "only the large share has its own file"
+    );
+    for (root, index, data) in &shares {
+        let got = s.get(root, *index, None).unwrap().unwrap();
+        assert_eq!(&got.data, data);
+        assert_eq!(got.header, b"a header");
+        assert_eq!(s.held(root).unwrap(), vec![*index]);
+    }
+    let got = s.get(&root(41), 1, Some(10..20)).unwrap().unwrap();
+    assert_eq!(got.data, shares[1].2[10..20]);
+    // A packed share keeps its own header: every share counts its header.
+    let used = 20 * (1371 + 8) + (INLINE_MAX as u64 + 1 + 8);
+    assert_eq!(usage(&f).used_bytes, used);
+    assert_eq!(usage(&f).shares, 21);
+    // Leases merge as for any share.
+    let again = s.put_many(&items(&shares[..5], b"a header"), lease(2, 10));
+    assert!(
+        again
+            .into_iter()
+            .all(|r| r.unwrap() == PutOutcome::AlreadyHeld)
+    );
+    assert_eq!(
+        s.leases(&root(40), 0).unwrap(),
+        vec![lease(1, 10), lease(2, 10)]
+    );
+    assert_eq!(packs(), 1);
+
+    // Survives a reopen with nothing to repair.
+    let Fixture { store, dir: tmp } = f;
+    drop(store);
+    let store = DiskStore::open(&dir, CAPACITY).unwrap();
+    assert_eq!(store.recovery(), &RecoveryReport::default());
+    assert_eq!(store.usage().unwrap().used_bytes, used);
+    for (root, index, _) in &shares[..19] {
+        assert!(store.remove(root, *index).unwrap());
+    }
+    assert_eq!(packs(), 1, "one share still lives in the pack");
+    assert_eq!(
+        store.get(&root(59), 19 % 3, None).unwrap().unwrap().data,
+        shares[19].2
+    );
+    assert!(store.remove(&root(59), 19 % 3).unwrap());
+    assert_eq!(packs(), 0, "the pack goes with its last share");
+    assert_eq!(store.usage().unwrap().used_bytes, INLINE_MAX as u64 + 1 + 8);
+    drop(store);
+
+    // A pack no record names (a batch interrupted before its commit) is swept at open.
+    std::fs::write(dir.join("packs").join(format!("{:016x}.pack", 77)), b"junk").unwrap();
+    std::fs::write(
+        dir.join("packs").join(".tmp.0000000000000078.pack"),
+        b"junk",
+    )
+    .unwrap();
+    let store = DiskStore::open(&dir, CAPACITY).unwrap();
+    assert_eq!(store.recovery().orphan_packs_removed, 1);
+    assert_eq!(store.recovery().temp_files_removed, 1);
+    assert!(!store.recovery().counters_repaired);
+    assert_eq!(packs(), 0);
+    // New packs get ids above any seen.
+    let more: Vec<(ShareRoot, u8, Vec<u8>)> = (0..4)
+        .map(|i| (root(100 + i), 0, bytes(u64::from(i), 100)))
+        .collect();
+    assert!(
+        store
+            .put_many(&items(&more, b"h"), lease(1, 10))
+            .into_iter()
+            .all(|r| r.unwrap() == PutOutcome::Stored)
+    );
+    assert_eq!(packs(), 1);
+    drop(store);
+    drop(tmp);
+}
+
+#[test]
+fn damaged_pack_is_corrupt_then_dropped_at_open_disk() {
+    let f = Fixture::disk(CAPACITY);
+    let dir = f.dir.as_ref().unwrap().path().to_path_buf();
+    let shares: Vec<(ShareRoot, u8, Vec<u8>)> = (0..6)
+        .map(|i| (root(60 + i), 0, bytes(u64::from(i), 500)))
+        .collect();
+    f.store.put_many(&items(&shares, b"hh"), lease(1, 10));
+    let pack = all_files(&dir.join("packs")).pop().unwrap();
+    // Cut the pack in the middle of the fourth share.
+    let f2 = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f2.set_len(3 * 502 + 100).unwrap();
+    drop(f2);
+    assert_eq!(
+        f.store.get(&shares[0].0, 0, None).unwrap().unwrap().data,
+        shares[0].2
+    );
+    assert!(matches!(
+        f.store.get(&shares[4].0, 0, None),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let Fixture { store, dir: tmp } = f;
+    drop(store);
+    let store = DiskStore::open(&dir, CAPACITY).unwrap();
+    assert_eq!(store.recovery().records_dropped, 3);
+    assert_eq!(store.usage().unwrap().shares, 3);
+    assert_eq!(store.held(&shares[5].0).unwrap(), Vec::<u8>::new());
+    drop(store);
+    drop(tmp);
 }
 
 fn put_many_past_capacity_stores_what_fits(f: Fixture) {

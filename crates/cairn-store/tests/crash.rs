@@ -2,7 +2,7 @@
 //!
 //! The test re-runs its own binary as a child (`crash_child`, selected with `--exact` and
 //! switched on by an environment variable). The child puts shares of mixed sizes from two
-//! threads (one with `put`, one with `put_many` in batches of three) and prints `ACK <n>` after
+//! threads (one with `put`, one with `put_many` in batches of 16) and prints `ACK <n>` after
 //! each put returns; now and then it removes one, between
 //! `DELSTART <n>` and `DEL <n>`. The parent reads some acknowledgements,
 //! SIGKILLs the child, reads whatever else it acknowledged, and opens the store: every
@@ -94,8 +94,9 @@ fn crash_child() {
                     owner: NodeId::from_bytes([t as u8; 32]),
                     expires_at: 2_000_000_000,
                 };
-                // Thread 0 puts one share at a time, thread 1 three at once (`put_many`).
-                let batch = if t == 0 { 1 } else { 3 };
+                // Thread 0 puts one share at a time, thread 1 sixteen at once (`put_many`,
+                // whose small shares then mostly go to a pack).
+                let batch = if t == 0 { 1 } else { 16 };
                 let mut i = 0u64;
                 while Instant::now() < deadline {
                     let ns: Vec<u64> = (i..i + batch).map(|j| start + 2 * j + t).collect();
@@ -214,7 +215,10 @@ fn check_store(dir: &Path, acks: &Acks) -> (u64, RecoveryReport) {
     assert_eq!(report.records_dropped, 0, "{report:?}");
     assert!(!report.counters_repaired, "{report:?}");
     assert_eq!(report.stray_files, 0, "{report:?}");
-    for path in files_under(&dir.join("shares")) {
+    for path in files_under(&dir.join("shares"))
+        .into_iter()
+        .chain(files_under(&dir.join("packs")))
+    {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(!name.starts_with(".tmp."), "temporary file left: {name}");
     }
@@ -255,7 +259,11 @@ fn check_store(dir: &Path, acks: &Acks) -> (u64, RecoveryReport) {
     }
     let usage = store.usage().unwrap();
     assert_eq!(usage.shares, present.len() as u64);
-    assert_eq!(usage.used_bytes, used + (HEADER_LEN * roots.len()) as u64);
+    // A header counts once per root, except that a share in a pack counts its own: between
+    // once per root and once per share. (Open found nothing to repair, so the counters match
+    // what the records say exactly.)
+    assert!(usage.used_bytes >= used + (HEADER_LEN * roots.len()) as u64);
+    assert!(usage.used_bytes <= used + (HEADER_LEN * present.len()) as u64);
     (present.len() as u64, report)
 }
 

@@ -1,8 +1,9 @@
-//! Share files: names, crash-safe writes, range reads, directory fsync.
+//! Share files and pack files: names, crash-safe writes, range reads, directory fsync.
 //!
 //! Layout: `shares/<hh>/<root hex>.<index>` where `hh` is the root's first byte in hex and
 //! `index` is decimal. A file being written is named `.tmp.<root hex>.<index>.<n>` in the same
-//! directory; anything with that prefix is garbage at open.
+//! directory; anything with that prefix is garbage at open. Packs are `packs/<id>.pack`, with
+//! the id as 16 hex digits, written as `packs/.tmp.<id>.pack` first.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -113,6 +114,70 @@ pub(super) fn write_share_file(
         return Err(e);
     }
     Ok(path)
+}
+
+/// The file name of pack `id`.
+pub(super) fn pack_file_name(id: u64) -> String {
+    format!("{id:016x}.pack")
+}
+
+/// Parses a name written by [`pack_file_name`] (exactly).
+pub(super) fn parse_pack_file_name(name: &str) -> Option<u64> {
+    let id = u64::from_str_radix(name.strip_suffix(".pack")?, 16).ok()?;
+    (pack_file_name(id) == name).then_some(id)
+}
+
+/// Writes pack `id` crash-safely, as [`write_share_file`] writes a share.
+pub(super) fn write_pack_file(
+    packs_dir: &Path,
+    id: u64,
+    data: &[u8],
+) -> Result<PathBuf, StoreError> {
+    let path = packs_dir.join(pack_file_name(id));
+    let tmp = packs_dir.join(format!("{TMP_PREFIX}{}", pack_file_name(id)));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        remove_quietly(&tmp);
+        return Err(StoreError::io(tmp, e));
+    }
+    if let Err(e) = fs::rename(&tmp, &path) {
+        remove_quietly(&tmp);
+        return Err(StoreError::io(path, e));
+    }
+    if let Err(e) = sync_dir(packs_dir) {
+        remove_quietly(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Reads `len` bytes at `offset` of a pack file.
+pub(super) fn read_pack(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, ReadFailure> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
+        Err(e) => return Err(ReadFailure::Io(e)),
+    };
+    let mut buf = vec![0u8; len];
+    let read = f
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut buf));
+    match read {
+        Ok(()) => Ok(buf),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            let actual = f.metadata().map(|m| m.len()).unwrap_or(0);
+            Err(ReadFailure::WrongLength(actual))
+        }
+        Err(e) => Err(ReadFailure::Io(e)),
+    }
 }
 
 /// Removes a file, logging (not returning) a failure: used on paths that are garbage either way

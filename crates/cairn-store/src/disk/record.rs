@@ -21,6 +21,16 @@ pub(crate) enum Location {
     Inline,
     /// In the share file named after the key.
     File,
+    /// In pack file `pack`: the share's header (`header_len` bytes) at `offset`, its bytes
+    /// right after. Such a share does not use the `headers` table.
+    Packed {
+        /// The pack's id.
+        pack: u64,
+        /// Where the header starts.
+        offset: u64,
+        /// The header's length.
+        header_len: u32,
+    },
 }
 
 /// What the store knows of one share.
@@ -163,6 +173,26 @@ mod tests {
         expected.extend([0xab; 32]);
         expected.push(5);
         assert_eq!(rec.encode(), expected);
+    }
+
+    #[test]
+    fn packed_share_record_round_trips() {
+        let rec = ShareRecord {
+            len: 1371,
+            location: Location::Packed {
+                pack: 7,
+                offset: 123_456,
+                header_len: 201,
+            },
+            leases: vec![Lease {
+                owner: NodeId::from_bytes([3; 32]),
+                expires_at: 1_800_000_000,
+            }],
+        };
+        let bytes = rec.encode();
+        // version, len, variant 2, pack, offset, header_len, leases
+        assert_eq!(&bytes[..5], &[1, 0xdb, 0x0a, 2, 7]);
+        assert_eq!(ShareRecord::decode(&bytes), Ok(rec));
     }
 
     #[test]
