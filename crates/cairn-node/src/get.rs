@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::cap::Cap;
-use cairn_core::chunk::open_chunk;
+use cairn_core::chunk::{MIN_CHUNK, open_chunk};
 use cairn_core::erasure::{ChunkHeader, decode_blob, verify_header};
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::manifest::Manifest;
@@ -29,6 +29,8 @@ use crate::node::{Inner, Member, Node};
 
 /// Chunks fetched ahead of the writer.
 const CHUNKS_AHEAD: usize = 8;
+/// The share bytes one batched request asks a holder for (well under the frame limit).
+const BATCH_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
 /// Blobs of a batch fetched alone at once, when the batched requests did not bring them.
 const FALLBACKS_AT_ONCE: usize = 16;
 
@@ -363,7 +365,12 @@ impl Node {
         }
         let inner = self.inner.clone();
         let roots: Vec<ShareRoot> = reads.iter().map(|(_, r)| r.root).collect();
-        let fetched = inner.fetch_many(&roots).await;
+        // A manifest lists about one chunk per MIN_CHUNK of file, some 70 bytes each.
+        let sizes: Vec<u64> = reads
+            .iter()
+            .map(|(_, r)| 256 + 72 * r.size.div_ceil(u64::from(MIN_CHUNK)))
+            .collect();
+        let fetched = inner.fetch_many(&roots, &sizes).await;
         // Manifests -> chunk lists and keys.
         let opened = tokio::task::spawn_blocking(move || {
             reads
@@ -399,16 +406,18 @@ impl Node {
         };
         let mut files = Vec::new();
         let mut chunk_roots = Vec::new();
+        let mut chunk_sizes = Vec::new();
         for (i, manifest) in opened {
             match manifest {
                 Ok((manifest, keys)) => {
                     chunk_roots.extend(manifest.chunks().iter().map(|c| c.root));
+                    chunk_sizes.extend(manifest.chunks().iter().map(|c| u64::from(c.plain_len)));
                     files.push((i, manifest, keys));
                 }
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let fetched = inner.fetch_many(&chunk_roots).await;
+        let fetched = inner.fetch_many(&chunk_roots, &chunk_sizes).await;
         let opened = tokio::task::spawn_blocking(move || {
             let mut fetched = fetched.into_iter();
             files
@@ -458,9 +467,12 @@ impl Node {
 
 impl Inner {
     /// Fetches `k` verified shares of each blob (see [`Node::get_many`]), one result per root.
+    /// `sizes` estimates each blob's bytes, to keep each batched answer well under the frame
+    /// limit.
     pub(crate) async fn fetch_many(
         self: &Arc<Self>,
         roots: &[ShareRoot],
+        sizes: &[u64],
     ) -> Vec<Result<Fetched, NodeError>> {
         let k = usize::from(self.grid.encoding.k);
         let n = usize::from(self.grid.encoding.n);
@@ -481,9 +493,25 @@ impl Inner {
             }
         }
         let requests = asks.into_iter().flat_map(|(id, list)| {
-            list.chunks(MAX_SHARE_BATCH)
-                .map(|part| (id, part.to_vec()))
-                .collect::<Vec<_>>()
+            let mut parts: Vec<(NodeId, Vec<(usize, u8)>)> = Vec::new();
+            let mut part = Vec::new();
+            let mut bytes = 0u64;
+            for (b, index) in list {
+                // A share is about a k-th of the blob (plus a little), with its header.
+                let cost = sizes.get(b).copied().unwrap_or(0) / k as u64 + 512;
+                if !part.is_empty()
+                    && (part.len() == MAX_SHARE_BATCH || bytes + cost > BATCH_ANSWER_BYTES)
+                {
+                    parts.push((id, std::mem::take(&mut part)));
+                    bytes = 0;
+                }
+                part.push((b, index));
+                bytes += cost;
+            }
+            if !part.is_empty() {
+                parts.push((id, part));
+            }
+            parts
         });
         let answers = futures_util::future::join_all(requests.map(|(id, part)| {
             let member = members[&id].clone();

@@ -35,6 +35,8 @@ const GOSSIP_INTERVAL: Duration = Duration::from_secs(10);
 const FIRST_GOSSIP_DELAY: Duration = Duration::from_millis(1500);
 /// A peer that failed is skipped by placement for this long.
 const DOWN_BACKOFF: Duration = Duration::from_secs(15);
+/// The most share and header bytes one [`Response::Shares`] carries (under the frame limit).
+const SHARES_ANSWER_BUDGET: usize = cairn_core::wire::MAX_FRAME - 1024 * 1024;
 /// Environment variable naming a delay (ms) added before this node serves each share: a
 /// test-only knob to simulate a slow holder.
 pub const SERVE_DELAY_ENV: &str = "CAIRN_TEST_SERVE_DELAY_MS";
@@ -570,17 +572,33 @@ impl Inner {
         }
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || {
+            // The answer must fit in a frame: past the budget, the rest are not read and
+            // answered as missing (the reader asks for them again on their own).
+            let mut budget = SHARES_ANSWER_BUDGET;
             shares
                 .iter()
-                .map(|(root, index)| match store.get(root, *index, None) {
-                    Ok(Some(share)) => Some(FoundShare {
-                        header: share.header,
-                        data: share.data,
-                    }),
-                    Ok(None) => None,
-                    Err(e) => {
-                        warn!(root = %root.fmt_short(), index, error = %e, "cannot serve share");
-                        None
+                .map(|(root, index)| {
+                    if budget == 0 {
+                        return None;
+                    }
+                    match store.get(root, *index, None) {
+                        Ok(Some(share)) => {
+                            let cost = share.header.len() + share.data.len() + 16;
+                            if cost > budget {
+                                budget = 0;
+                                return None;
+                            }
+                            budget -= cost;
+                            Some(FoundShare {
+                                header: share.header,
+                                data: share.data,
+                            })
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            warn!(root = %root.fmt_short(), index, error = %e, "cannot serve share");
+                            None
+                        }
                     }
                 })
                 .collect::<Vec<_>>()
