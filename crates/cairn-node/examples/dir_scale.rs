@@ -86,6 +86,15 @@ async fn main() {
         listed.entries.len(),
         t.elapsed().as_secs_f64() * 1000.0
     );
+    let t = Instant::now();
+    let json = serde_json::to_vec(&listed).expect("json");
+    let back: cairn_node::LsReport = serde_json::from_slice(&json).expect("parse");
+    println!(
+        "ls --json  {:.1} MB to the CLI, encoded and parsed in {:.0} ms ({} entries)",
+        json.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64() * 1000.0,
+        back.entries.len()
+    );
     let cap = writer.share("/big", false).await.expect("share");
     let reader = grid.node(3);
     let t = Instant::now();

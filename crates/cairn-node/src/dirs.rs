@@ -289,9 +289,24 @@ impl Node {
             .take(DIR_REPLICAS)
             .collect();
         let mut set = JoinSet::new();
+        let mut holders = holders.into_iter();
+        // A reader with nothing yet takes the bulk from one holder, then asks the others only
+        // for what that one lacked: a large directory crosses the network once, not three times.
+        let mut assumed: Vec<VersionId> = have.to_vec();
+        if have.is_empty()
+            && let Some(first) = holders.next()
+        {
+            let answer = fetch_versions(&self.inner, &first, slot, Vec::new()).await;
+            if let Ok(versions) = &answer
+                && versions.len() < MAX_VERSIONS
+            {
+                assumed = versions.iter().map(|(id, _)| *id).collect();
+            }
+            set.spawn(async move { (first, answer) });
+        }
         for holder in holders {
             let inner = self.inner.clone();
-            let have = have.to_vec();
+            let have = assumed.clone();
             set.spawn(async move {
                 let answer = fetch_versions(&inner, &holder, slot, have).await;
                 (holder, answer)
@@ -317,7 +332,11 @@ impl Node {
                 }
             };
             gathered.answered += 1;
-            sent_by.push((holder, versions.iter().map(|(id, _)| *id).collect()));
+            // What it was told the reader has counts as sent (holders catch up among
+            // themselves).
+            let mut sent: HashSet<VersionId> = versions.iter().map(|(id, _)| *id).collect();
+            sent.extend(assumed.iter().copied());
+            sent_by.push((holder, sent));
             // Versions another holder already sent were checked then.
             let versions: Vec<Vec<u8>> = versions
                 .into_iter()
