@@ -8,6 +8,10 @@
 //! latency another holder is asked too, and the first `k` good shares win. When the ranked
 //! holders run out, every storage member is asked which shares it holds. Up to
 //! [`CHUNKS_AHEAD`] chunks are fetched ahead of the output, in order.
+//!
+//! Many small files: [`Node::get_many`] asks each holder for all the shares it wants from it
+//! in one [`Request::GetShares`] (manifests first, then chunks), verifies them the same way,
+//! and falls back to the single-blob fetch for any blob that came back short.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;

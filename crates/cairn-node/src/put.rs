@@ -11,6 +11,10 @@
 //! already has are not sent again (dedup). A member that fails or is full is replaced by the next
 //! one in rank order, preferring members that hold no share of the chunk yet. The put fails when
 //! a chunk's shares land on fewer than `happy` distinct members.
+//!
+//! Many small files: [`Node::put_many`] seals each file the same way (same caps), then sends
+//! the whole batch's shares with one dedup query and a few [`Request::PutShares`] per holder,
+//! instead of two requests per share; each holder stores a request's shares in one commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;

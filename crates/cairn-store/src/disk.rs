@@ -825,7 +825,8 @@ impl DiskStore {
                 }
                 Ok(_) if !headers.contains_key(&key_root(&key)) => Some("header missing".into()),
                 Ok(rec) => match rec.location {
-                    Location::Packed { .. } => unreachable!("matched above"),
+                    // Handled by the arm above.
+                    Location::Packed { .. } => None,
                     Location::Inline => {
                         counted.used += rec.len;
                         None
@@ -1127,7 +1128,8 @@ impl ShareStore for DiskStore {
             None => return Err(corrupt(&key, "header missing")),
         };
         let data = match rec.location {
-            Location::Packed { .. } => unreachable!("packed shares are read above"),
+            // Read (and returned) above.
+            Location::Packed { .. } => return Err(corrupt(&key, "packed share read as inline")),
             Location::Inline => {
                 let table = txn.open_table(INLINE)?;
                 let Some(bytes) = table.get(&key)? else {
