@@ -34,6 +34,6 @@ pub use edit::{Edit, Undo};
 pub use error::DirError;
 pub use hlc::{Hlc, MAX_FUTURE_MS};
 pub use name::{MAX_NAME_LEN, check_name};
-pub use state::{DirState, Entry, EntryId, MvReg, Stamped};
+pub use state::{DirState, DotMap, Entry, EntryId, MvReg, Stamped};
 pub use version::{MAX_PARENTS, Version, VersionBody};
 pub use view::{Listed, Listing, conflict_name, utc_minutes};

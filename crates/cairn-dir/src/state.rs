@@ -35,13 +35,115 @@ pub struct Stamped<T> {
     pub value: T,
 }
 
+/// A small map from dots to values, kept as a sorted vector: a register almost always holds
+/// one value, and a tree node per register would cost kilobytes per entry. Encoded exactly as a
+/// map (length, then `(dot, value)` pairs in dot order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DotMap<V>(Vec<(Dot, V)>);
+
+impl<V> Default for DotMap<V> {
+    fn default() -> Self {
+        DotMap(Vec::new())
+    }
+}
+
+impl<V> DotMap<V> {
+    fn find(&self, dot: &Dot) -> Result<usize, usize> {
+        self.0.binary_search_by(|(d, _)| d.cmp(dot))
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no value.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value at `dot`.
+    pub fn get(&self, dot: &Dot) -> Option<&V> {
+        self.find(dot).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether a value sits at `dot`.
+    pub fn contains_key(&self, dot: &Dot) -> bool {
+        self.find(dot).is_ok()
+    }
+
+    /// Sets the value at `dot`, returning the one it replaces.
+    pub fn insert(&mut self, dot: Dot, value: V) -> Option<V> {
+        match self.find(&dot) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (dot, value));
+                None
+            }
+        }
+    }
+
+    /// Keeps the values `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Dot, &mut V) -> bool) {
+        self.0.retain_mut(|(dot, value)| keep(dot, value));
+    }
+
+    /// `(dot, value)` pairs in dot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Dot, &V)> + '_ {
+        self.0.iter().map(|(d, v)| (d, v))
+    }
+
+    /// The dots, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Dot> + '_ {
+        self.0.iter().map(|(d, _)| d)
+    }
+
+    /// The values, in dot order.
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl<'a, V> IntoIterator for &'a DotMap<V> {
+    type Item = (&'a Dot, &'a V);
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (Dot, V)>, fn(&'a (Dot, V)) -> (&'a Dot, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(d, v)| (d, v))
+    }
+}
+
+impl<V> IntoIterator for DotMap<V> {
+    type Item = (Dot, V);
+    type IntoIter = std::vec::IntoIter<(Dot, V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<V: Serialize> Serialize for DotMap<V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(d, v)| (d, v)))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for DotMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // As a map would: sorted by dot, a repeated dot keeps its last value.
+        let pairs: BTreeMap<Dot, V> = BTreeMap::deserialize(deserializer)?;
+        Ok(DotMap(pairs.into_iter().collect()))
+    }
+}
+
 /// A multi-value register: the values of the writes not yet overwritten.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MvReg<T>(pub BTreeMap<Dot, Stamped<T>>);
+pub struct MvReg<T>(pub DotMap<Stamped<T>>);
 
 impl<T> Default for MvReg<T> {
     fn default() -> Self {
-        MvReg(BTreeMap::new())
+        MvReg(DotMap::default())
     }
 }
 
@@ -305,6 +407,23 @@ impl DirState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn a_dot_map_encodes_as_a_map(pairs in proptest::collection::vec((0u8..4, 1u64..9, proptest::prelude::any::<u16>()), 0..8)) {
+            let mut tree = BTreeMap::new();
+            let mut small = DotMap::default();
+            for (w, counter, v) in pairs {
+                let dot = Dot { writer: NodeId::from_bytes([w; 32]), counter };
+                tree.insert(dot, v);
+                small.insert(dot, v);
+            }
+            let bytes = postcard::to_stdvec(&tree).unwrap();
+            proptest::prop_assert_eq!(&postcard::to_stdvec(&small).unwrap(), &bytes);
+            let back: DotMap<u16> = postcard::from_bytes(&bytes).unwrap();
+            proptest::prop_assert_eq!(back, small);
+        }
+    }
 
     #[test]
     fn join_with_an_empty_state_changes_nothing() {
