@@ -102,6 +102,12 @@ pub(crate) struct Dirs {
     edit_delay: Mutex<Option<std::time::Duration>>,
 }
 
+/// Locks `mutex`, going on after a panic elsewhere (the data stays consistent: every critical
+/// section here is a single map or clock update).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -235,33 +241,18 @@ async fn fetch_versions(
 
 impl Node {
     fn cached(&self, slot: &SlotId) -> Option<Arc<Cached>> {
-        let cache = self
-            .inner
-            .dirs
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let cache = locked(&self.inner.dirs.cache);
         cache.get(slot).cloned()
     }
 
     fn store_cached(&self, slot: SlotId, cached: Arc<Cached>) {
-        let mut cache = self
-            .inner
-            .dirs
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = locked(&self.inner.dirs.cache);
         cache.insert(slot, cached);
     }
 
     fn observe_clock(&self, hlc: Hlc) {
         let now = now_ms();
-        let mut clock = self
-            .inner
-            .dirs
-            .clock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut clock = locked(&self.inner.dirs.clock);
         let seen = hlc.clamped(now);
         if seen > *clock {
             *clock = seen;
@@ -269,12 +260,7 @@ impl Node {
     }
 
     pub(crate) fn tick_clock(&self) -> Hlc {
-        let mut clock = self
-            .inner
-            .dirs
-            .clock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut clock = locked(&self.inner.dirs.clock);
         *clock = clock.next(now_ms());
         *clock
     }
@@ -402,24 +388,14 @@ impl Node {
 
     /// The readcap this node used for `slot`, if it has read it.
     pub(crate) fn known_cap(&self, slot: &SlotId) -> Option<DirReadCap> {
-        let caps = self
-            .inner
-            .dirs
-            .caps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let caps = locked(&self.inner.dirs.caps);
         caps.get(slot).cloned()
     }
 
     /// Removes the slot's state from the cache, for an edit in place.
     fn take_cached(&self, slot: &SlotId) -> Option<Cached> {
         let taken = {
-            let mut cache = self
-                .inner
-                .dirs
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut cache = locked(&self.inner.dirs.cache);
             cache.remove(slot)
         };
         taken.map(|arc| Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
@@ -429,11 +405,7 @@ impl Node {
     /// that it lacks.
     pub(crate) async fn load_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
         let slot = cap.slot();
-        self.inner
-            .dirs
-            .caps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        locked(&self.inner.dirs.caps)
             .entry(slot)
             .or_insert_with(|| cap.clone());
         let cached = self.cached(&slot);
@@ -571,12 +543,7 @@ impl Node {
         let _guard = self.inner.dirs.edit_lock.lock().await;
         let slot = cap.slot();
         self.load_dir(&cap.read_cap()).await?;
-        let delay = *self
-            .inner
-            .dirs
-            .edit_delay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let delay = *locked(&self.inner.dirs.edit_delay);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
@@ -683,12 +650,7 @@ impl Node {
 
     /// Records how many lines of a listed directory are in conflict (for `status`).
     pub(crate) fn note_conflicts(&self, slot: SlotId, path: &str, lines: usize) {
-        let mut seen = self
-            .inner
-            .dirs
-            .conflicts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = locked(&self.inner.dirs.conflicts);
         if lines == 0 {
             seen.remove(&slot);
         } else {
@@ -698,12 +660,7 @@ impl Node {
 
     /// Directories last listed with conflicts, by location.
     pub(crate) fn conflicts_seen(&self) -> Vec<crate::report::DirConflicts> {
-        let seen = self
-            .inner
-            .dirs
-            .conflicts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let seen = locked(&self.inner.dirs.conflicts);
         let mut out: Vec<crate::report::DirConflicts> = seen
             .values()
             .map(|(path, lines)| crate::report::DirConflicts {
@@ -718,12 +675,7 @@ impl Node {
     /// Test knob: pause `delay` between loading a directory and publishing each edit of it,
     /// so edits on two nodes are truly concurrent.
     pub fn set_edit_delay(&self, delay: Option<std::time::Duration>) {
-        *self
-            .inner
-            .dirs
-            .edit_delay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = delay;
+        *locked(&self.inner.dirs.edit_delay) = delay;
     }
 
     /// The nodes that hold `slot`'s versions, in rank order (the first [`DIR_REPLICAS`] are
