@@ -41,6 +41,8 @@ pub const MAX_HELD_QUERY: usize = 1024;
 pub const MAX_SHARE_BATCH: usize = 1024;
 /// The largest roster a message may carry.
 pub const MAX_ROSTER: usize = 4096;
+/// The most slots one [`Request::Watch`] may name.
+pub const MAX_WATCH: usize = 1024;
 /// The most version ids a [`Request::GetVersions`] may list as already held, and the most
 /// versions one [`Response::Versions`] may carry.
 pub const MAX_VERSIONS: usize = 4096;
@@ -181,6 +183,22 @@ pub enum Request {
         #[serde(deserialize_with = "bounded::share_ids")]
         shares: Vec<(ShareRoot, u8)>,
     },
+    /// Push new versions of these slots to me for `ttl_secs` (renewed by asking again).
+    /// Answered by [`Response::Watching`].
+    Watch {
+        /// The slots.
+        #[serde(deserialize_with = "bounded::slot_ids")]
+        slots: Vec<SlotId>,
+        /// Seconds the subscription lasts (the holder caps it).
+        ttl_secs: u32,
+    },
+    /// A holder's push: a new version of a slot the receiver watches. Answered by
+    /// [`Response::Stored`].
+    Changed {
+        /// The encoded version.
+        #[serde(with = "serde_bytes")]
+        version: Vec<u8>,
+    },
 }
 
 /// One share of a [`Request::PutShares`].
@@ -266,6 +284,10 @@ impl fmt::Debug for Request {
                 shares.iter().map(|s| s.data.len()).sum::<usize>()
             ),
             Request::GetShares { shares } => write!(f, "GetShares({} shares)", shares.len()),
+            Request::Watch { slots, ttl_secs } => {
+                write!(f, "Watch({} slots, {ttl_secs} s)", slots.len())
+            }
+            Request::Changed { version } => write!(f, "Changed({} B)", version.len()),
         }
     }
 }
@@ -342,6 +364,11 @@ pub enum Response {
     /// The answers to a [`Request::GetShares`], one per share asked for, in order (`None`: not
     /// held, or not readable).
     Shares(#[serde(deserialize_with = "bounded::found_shares")] Vec<Option<FoundShare>>),
+    /// The subscription of a [`Request::Watch`] holds for this many seconds.
+    Watching {
+        /// Seconds granted.
+        ttl_secs: u32,
+    },
 }
 
 impl fmt::Debug for Response {
@@ -370,6 +397,7 @@ impl fmt::Debug for Response {
                 s.len(),
                 s.iter().flatten().count()
             ),
+            Response::Watching { ttl_secs } => write!(f, "Watching({ttl_secs} s)"),
         }
     }
 }
@@ -444,9 +472,9 @@ mod bounded {
 
     use super::{
         FoundShare, MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, MAX_VERSIONS,
-        PutAnswer, RosterEntry, ShareItem,
+        MAX_WATCH, PutAnswer, RosterEntry, ShareItem,
     };
-    use crate::id::{ShareRoot, VersionId};
+    use crate::id::{ShareRoot, SlotId, VersionId};
 
     struct BoundedVisitor<T, const N: usize>(PhantomData<T>);
 
@@ -490,6 +518,10 @@ mod bounded {
 
     pub(super) fn held<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         vec::<D, Vec<u8>, MAX_HELD_QUERY>(d)
+    }
+
+    pub(super) fn slot_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SlotId>, D::Error> {
+        vec::<D, SlotId, MAX_WATCH>(d)
     }
 
     pub(super) fn version_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<VersionId>, D::Error> {
@@ -595,6 +627,7 @@ impl Bounded for Request {
             Request::GetShares { shares } => {
                 bound(shares.len() <= MAX_SHARE_BATCH, "too many shares")
             }
+            Request::Watch { slots, .. } => bound(slots.len() <= MAX_WATCH, "too many slots"),
             _ => Ok(()),
         }
     }

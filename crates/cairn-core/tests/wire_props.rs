@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use cairn_core::cert::{GridKey, MemberCert, Roles};
-use cairn_core::id::{GridId, NodeId, ShareRoot};
+use cairn_core::id::{GridId, NodeId, ShareRoot, SlotId};
 use cairn_core::wire::{
     self, Bounded, FoundShare, GridInfo, Hello, InviteCode, InviteError, JoinRefusal, JoinRequest,
     JoinResponse, Lease, MAX_FRAME, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, PROTOCOL_VERSION,
@@ -127,6 +127,13 @@ fn request() -> impl Strategy<Value = Request> {
         (lease(), vec(share_item(), 0..8))
             .prop_map(|(lease, shares)| Request::PutShares { lease, shares }),
         vec((share_root(), any::<u8>()), 0..64).prop_map(|shares| Request::GetShares { shares }),
+        (vec(any::<[u8; 32]>(), 0..16), any::<u32>()).prop_map(|(slots, ttl_secs)| {
+            Request::Watch {
+                slots: slots.into_iter().map(SlotId::from_bytes).collect(),
+                ttl_secs,
+            }
+        }),
+        bytes(3000).prop_map(|version| Request::Changed { version }),
     ]
 }
 
@@ -677,6 +684,7 @@ fn golden_wire_constants() {
 #[test]
 fn golden_frames() {
     let cert = sample_cert();
+    let watch_hex = format!("230000000801{}78", "07".repeat(32));
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "Response::Stored { already: true }",
@@ -743,6 +751,29 @@ fn golden_frames() {
                 shares: vec![(ShareRoot::from_bytes([0xab; 32]), 2)],
             }),
             GOLDEN_GET_SHARES,
+        ),
+        (
+            "Request::Watch",
+            hex_frame(&Request::Watch {
+                slots: vec![SlotId::from_bytes([7; 32])],
+                ttl_secs: 120,
+            }),
+            // length 35; variant 8; one slot of 32 bytes; ttl 120
+            &watch_hex,
+        ),
+        (
+            "Request::Changed",
+            hex_frame(&Request::Changed {
+                version: vec![1, 2, 3],
+            }),
+            // length 5; variant 9; three bytes
+            "050000000903010203",
+        ),
+        (
+            "Response::Watching",
+            hex_frame(&Response::Watching { ttl_secs: 120 }),
+            // length 2; variant 9; ttl 120
+            "020000000978",
         ),
         (
             "Response::StoredMany([Stored { already: false }, Refused(InvalidShare)])",

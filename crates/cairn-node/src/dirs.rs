@@ -88,7 +88,7 @@ pub(crate) struct Cached {
 }
 
 /// The node's directory caches and clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Dirs {
     cache: Mutex<HashMap<SlotId, Arc<Cached>>>,
     clock: Mutex<Hlc>,
@@ -100,11 +100,33 @@ pub(crate) struct Dirs {
     conflicts: Mutex<HashMap<SlotId, (String, usize)>>,
     /// Test knob: a pause between loading a directory and publishing an edit of it.
     edit_delay: Mutex<Option<std::time::Duration>>,
+    /// As a holder: who watches which slot, until when.
+    pub(crate) watchers: Mutex<HashMap<SlotId, HashMap<cairn_core::NodeId, std::time::Instant>>>,
+    /// As a reader: the slots this node watches, with their caps.
+    pub(crate) watched: Mutex<HashMap<SlotId, DirReadCap>>,
+    /// Announces each watched slot that changed.
+    pub(crate) changes: tokio::sync::broadcast::Sender<SlotId>,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Dirs {
+            cache: Mutex::default(),
+            clock: Mutex::default(),
+            edit_lock: tokio::sync::Mutex::default(),
+            caps: Mutex::default(),
+            conflicts: Mutex::default(),
+            edit_delay: Mutex::default(),
+            watchers: Mutex::default(),
+            watched: Mutex::default(),
+            changes: tokio::sync::broadcast::channel(256).0,
+        }
+    }
 }
 
 /// Locks `mutex`, going on after a panic elsewhere (the data stays consistent: every critical
 /// section here is a single map or clock update).
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -151,11 +173,17 @@ impl Inner {
         let inner = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let version = Version::decode(&bytes).map_err(decode_error)?;
-            slots::put_version(inner.meta.db(), &version)
+            let already = slots::put_version(inner.meta.db(), &version)?;
+            Ok::<_, NodeError>((already, version))
         })
         .await;
         match result {
-            Ok(Ok(already)) => Response::Stored { already },
+            Ok(Ok((already, version))) => {
+                if !already {
+                    self.notify_watchers(peer, version);
+                }
+                Response::Stored { already }
+            }
             Ok(Err(NodeError::Dir(e))) => {
                 warn!(peer = %peer.fmt_short(), error = %e, "refusing directory version");
                 Response::Refused(Refusal::InvalidVersion)

@@ -28,6 +28,7 @@ mod report;
 pub mod setup;
 mod slots;
 mod tree;
+mod watch;
 
 pub use config::{GridConfig, NodeConfig};
 pub use dir::{NodeDir, NodeKeys};

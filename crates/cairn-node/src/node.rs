@@ -198,6 +198,7 @@ impl Node {
         let node = Node { inner };
         node.spawn_gossip().await;
         node.spawn_slot_sync().await;
+        node.spawn_watch_renewal().await;
         info!(node = %id, grid = %grid.grid.fmt_short(), "node started");
         Ok(node)
     }
@@ -499,6 +500,8 @@ impl Inner {
             Request::GetShares { shares } => self.serve_get_shares(shares).await,
             Request::PutVersion { version } => self.serve_put_version(peer, version).await,
             Request::GetVersions { slot, have } => self.serve_get_versions(slot, have).await,
+            Request::Watch { slots, ttl_secs } => self.serve_watch(peer, slots, ttl_secs),
+            Request::Changed { version } => self.serve_changed(version),
         }
     }
 

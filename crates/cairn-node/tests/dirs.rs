@@ -565,3 +565,58 @@ async fn a_long_history_is_read_from_its_latest_snapshot() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_hears_of_a_change_within_a_second() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let writer = grid.node(0);
+        writer.mkdir("/shared", false).await.unwrap();
+        let cap: DirWriteCap = writer
+            .share("/shared", true)
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        let slot = cap.slot();
+        // One watcher that holds the directory's versions, one that does not.
+        let holders = writer.slot_holders(&slot);
+        let others: Vec<&Node> = (1..5).map(|i| grid.node(i)).collect();
+        let holding = *others
+            .iter()
+            .find(|n| holders[..3].contains(&n.id()))
+            .unwrap();
+        let outside = *others
+            .iter()
+            .find(|n| !holders[..3].contains(&n.id()))
+            .unwrap();
+        let mut heard = Vec::new();
+        for watcher in [holding, outside] {
+            heard.push(watcher.dir_changes());
+            watcher
+                .watch(&cairn_node::DirCap::Read(cap.read_cap()))
+                .await
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        writer
+            .link("/shared/new", put_file(writer, b"news").await, false)
+            .await
+            .unwrap();
+        for changes in &mut heard {
+            let changed = tokio::time::timeout(Duration::from_secs(1), changes.recv())
+                .await
+                .expect("a change announced within a second")
+                .unwrap();
+            assert_eq!(changed, slot);
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for watcher in [holding, outside] {
+            let listing = watcher.ls(&Cap::DirRead(cap.read_cap()).to_string()).await;
+            assert_eq!(names(&listing.unwrap()), ["new"]);
+        }
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}

@@ -309,6 +309,8 @@ impl ShareService for Liar {
                 Request::PutShares { .. } | Request::GetShares { .. } => {
                     Response::Refused(Refusal::Internal)
                 }
+                Request::Watch { .. } => Response::Watching { ttl_secs: 1 },
+                Request::Changed { .. } => Response::Stored { already: true },
                 Request::GetVersions { .. } => Response::Versions {
                     versions: vec![serde_bytes::ByteBuf::from(random_bytes(3, 500))],
                     heads: vec![],
