@@ -155,7 +155,7 @@ enum Command {
         /// Path or cap.
         #[arg(default_value = "/")]
         path: String,
-        /// Long format: kind, mode, size, mtime, and conflicts.
+        /// Long format: mode, size, mtime, ctime (UTC), symlink targets, conflicts.
         #[arg(short, long)]
         long: bool,
         #[command(flatten)]

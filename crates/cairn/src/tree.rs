@@ -55,7 +55,8 @@ fn mode_text(kind: &str, mode: u32) -> String {
     text
 }
 
-/// `cairn ls`.
+/// `cairn ls`. The long format: mode, size, modification time (of the file, as put), change
+/// time (when the entry last changed in the directory), name, symlink target, conflict.
 pub(crate) async fn ls(dir: &Path, path: &str, long: bool, json: bool) -> Result<()> {
     let value = call(
         dir,
@@ -82,10 +83,11 @@ pub(crate) async fn ls(dir: &Path, path: &str, long: bool, json: bool) -> Result
                 .map(|t| format!(" -> {t}"))
                 .unwrap_or_default();
             outln!(
-                "{} {:>12}  {}  {}{suffix}{target}{conflict}",
+                "{} {:>12}  {}  {}  {}{suffix}{target}{conflict}",
                 mode_text(&entry.kind, entry.mode),
                 entry.size,
                 cairn_dir::utc_minutes(mtime_ms),
+                cairn_dir::utc_minutes(entry.ctime_ms),
                 entry.name
             );
         } else {

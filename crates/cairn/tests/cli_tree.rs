@@ -50,6 +50,16 @@ fn tree_commands_work_and_refuse_bad_input_cleanly() {
     let long = at(&a, &["ls", "-l", "/docs"]).success();
     assert!(long.stdout.contains("drwxr-xr-x"), "{long}");
     assert!(long.stdout.contains("latest -> 2026/report.pdf"), "{long}");
+    // Mode, size, mtime and ctime (two `YYYY-MM-DD HH:MM` stamps) on the line of a file.
+    let line = long
+        .stdout
+        .lines()
+        .find(|l| l.ends_with("copy.pdf"))
+        .unwrap();
+    assert!(
+        line.starts_with("-rw") && line.matches(':').count() == 2,
+        "{line}"
+    );
     assert!(long.stdout.contains("200000"), "{long}");
     let json = at(&a, &["ls", "/docs/copy.pdf", "--json"]).success().json();
     assert_eq!(json["entries"][0]["size"], Value::from(200_000));
