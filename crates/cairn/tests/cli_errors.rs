@@ -124,7 +124,8 @@ fn bad_caps_fail_cleanly() {
             &["wrong length for a chk cap"],
         ),
         ("cairn:zzz:1:aaaa".into(), &["unknown cap kind", "zzz"]),
-        ("hello".into(), &["not a cairn cap"]),
+        // Not a cap: a path in the tree (relative to the root), and there is none.
+        ("hello".into(), &["/hello: no such file or directory"]),
         ("cairn:chk:9:aaaa".into(), &["unsupported version"]),
         (verify.clone(), &["verify capability", "not read"]),
     ];
