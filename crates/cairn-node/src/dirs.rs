@@ -268,7 +268,7 @@ async fn fetch_versions(
 }
 
 impl Node {
-    fn cached(&self, slot: &SlotId) -> Option<Arc<Cached>> {
+    pub(crate) fn cached(&self, slot: &SlotId) -> Option<Arc<Cached>> {
         let cache = locked(&self.inner.dirs.cache);
         cache.get(slot).cloned()
     }

@@ -129,11 +129,13 @@ impl Node {
         })
     }
 
-    /// The move marks of a directory this node has read before (cache, or fetched again with
-    /// the cap it used then); `None` for a directory it cannot read.
+    /// The move marks of a directory this node has read (as cached, or fetched again with the
+    /// cap it used); `None` for a directory it cannot read.
     async fn known_marks(&self, slot: &SlotId) -> Option<Vec<Move>> {
-        let cap = self.known_cap(slot)?;
-        let cached = self.load_dir(&cap).await.ok()?;
+        let cached = match self.cached(slot) {
+            Some(cached) => cached,
+            None => self.load_dir(&self.known_cap(slot)?).await.ok()?,
+        };
         Some(marks(&cached.state, None))
     }
 }

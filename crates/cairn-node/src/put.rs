@@ -91,6 +91,17 @@ struct PutStats {
     crowded_chunks: AtomicU64,
 }
 
+/// The warning a put gives when some chunks' shares landed on fewer than `n` nodes.
+fn crowding_warnings(stats: &PutStats, n: u8) -> Vec<String> {
+    let crowded = stats.crowded_chunks.load(Ordering::Relaxed);
+    if crowded == 0 {
+        return Vec::new();
+    }
+    vec![format!(
+        "{crowded} chunk(s) have shares on fewer than {n} distinct nodes (some nodes offline or full); run `cairn check` later"
+    )]
+}
+
 impl Node {
     /// Stores the bytes of `reader` in the grid and returns the readcap.
     pub async fn put<R>(&self, mut reader: R, options: PutOptions) -> Result<PutReport, NodeError>
@@ -219,14 +230,7 @@ impl Node {
             key: read_key,
             size,
         });
-        let mut warnings = Vec::new();
-        let crowded = stats.crowded_chunks.load(Ordering::Relaxed);
-        if crowded > 0 {
-            warnings.push(format!(
-                "{crowded} chunk(s) have shares on fewer than {} distinct nodes (some nodes offline or full); run `cairn check` later",
-                encoding.n
-            ));
-        }
+        let warnings = crowding_warnings(&stats, encoding.n);
         Ok(PutReport {
             cap: cap.to_string(),
             size,
@@ -596,14 +600,7 @@ impl Node {
             .map(|((sealed, placed), stats)| {
                 let sealed = sealed?;
                 placed?;
-                let mut warnings = Vec::new();
-                let crowded = stats.crowded_chunks.load(Ordering::Relaxed);
-                if crowded > 0 {
-                    warnings.push(format!(
-                        "{crowded} chunk(s) have shares on fewer than {} distinct nodes (some nodes offline or full); run `cairn check` later",
-                        encoding.n
-                    ));
-                }
+                let warnings = crowding_warnings(&stats, encoding.n);
                 Ok(PutReport {
                     cap: sealed.cap,
                     size: sealed.size,

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cairn_core::cap::Cap;
 use cairn_core::{DirWriteCap, SlotId};
 use cairn_dir::{
-    Content, EntryId, Listed, Listing, Meta, Move, MoveMark, SealedWriteCap, check_name,
+    Content, DirState, EntryId, Listed, Listing, Meta, Move, MoveMark, SealedWriteCap, check_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -192,30 +192,38 @@ impl Node {
         Ok(DirWriteCap::from_seed(*read_secret(&path)?))
     }
 
-    /// Judges the moves recorded in the directory (those of entries that may be named `names`,
-    /// or all).
-    async fn verdicts(&self, cap: &DirCap, names: Option<&[&str]>) -> Result<Verdicts, NodeError> {
-        let cached = self.load_dir(&cap.read_cap()).await?;
-        let moves = marks(&cached.state, names);
-        drop(cached);
+    /// Judges the moves recorded in `state` (those of entries that may be named `names`, or
+    /// all). Costs nothing when there are none.
+    async fn verdicts_in(&self, state: &DirState, names: Option<&[&str]>) -> Verdicts {
+        let moves = marks(state, names);
         if moves.is_empty() {
-            return Ok(Verdicts::default());
+            return Verdicts::default();
         }
-        Ok(self.judge(moves).await)
+        self.judge(moves).await
+    }
+
+    /// [`verdicts_in`](Self::verdicts_in) the directory as last read (read now if it never was):
+    /// for an edit, which reads it afresh anyway.
+    async fn verdicts(&self, cap: &DirCap, names: Option<&[&str]>) -> Result<Verdicts, NodeError> {
+        let cached = match self.cached(&cap.slot()) {
+            Some(cached) => cached,
+            None => self.load_dir(&cap.read_cap()).await?,
+        };
+        Ok(self.verdicts_in(&cached.state, names).await)
     }
 
     /// The line named `name` in the directory.
     async fn lookup(&self, cap: &DirCap, name: &str) -> Result<Option<Listed>, NodeError> {
-        let verdicts = self.verdicts(cap, Some(&[name])).await?;
         let cached = self.load_dir(&cap.read_cap()).await?;
+        let verdicts = self.verdicts_in(&cached.state, Some(&[name])).await;
         Ok(Listing::lookup_with(&cached.state, name, &|m| {
             verdicts.cancelled(m)
         }))
     }
 
     async fn listing(&self, cap: &DirCap) -> Result<Listing, NodeError> {
-        let verdicts = self.verdicts(cap, None).await?;
         let cached = self.load_dir(&cap.read_cap()).await?;
+        let verdicts = self.verdicts_in(&cached.state, None).await;
         Ok(Listing::of_with(&cached.state, &|m| verdicts.cancelled(m)))
     }
 

@@ -81,17 +81,15 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Writes a share file crash-safely: temporary name, fsync, rename, fsync of the directory.
-/// On return the file is durable under its final name; on error nothing is left behind.
-pub(super) fn write_share_file(
-    shares_dir: &Path,
-    key: &ShareKey,
+/// Writes `data` to `path` in `dir` crash-safely: to `tmp` first, fsync, rename, fsync of the
+/// directory. On return the file is durable under its final name; on error nothing is left
+/// behind.
+fn write_durably(
+    dir: &Path,
+    path: PathBuf,
+    tmp: PathBuf,
     data: &[u8],
-    seq: u64,
 ) -> Result<PathBuf, StoreError> {
-    let dir = prefix_dir(shares_dir, key[0]);
-    let path = dir.join(share_file_name(key));
-    let tmp = dir.join(format!("{TMP_PREFIX}{}.{seq}", share_file_name(key)));
     let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -109,11 +107,24 @@ pub(super) fn write_share_file(
         remove_quietly(&tmp);
         return Err(StoreError::io(path, e));
     }
-    if let Err(e) = sync_dir(&dir) {
+    if let Err(e) = sync_dir(dir) {
         remove_quietly(&path);
         return Err(e);
     }
     Ok(path)
+}
+
+/// Writes a share file crash-safely (see [`write_durably`]).
+pub(super) fn write_share_file(
+    shares_dir: &Path,
+    key: &ShareKey,
+    data: &[u8],
+    seq: u64,
+) -> Result<PathBuf, StoreError> {
+    let dir = prefix_dir(shares_dir, key[0]);
+    let path = dir.join(share_file_name(key));
+    let tmp = dir.join(format!("{TMP_PREFIX}{}.{seq}", share_file_name(key)));
+    write_durably(&dir, path, tmp, data)
 }
 
 /// The file name of pack `id`.
@@ -135,28 +146,7 @@ pub(super) fn write_pack_file(
 ) -> Result<PathBuf, StoreError> {
     let path = packs_dir.join(pack_file_name(id));
     let tmp = packs_dir.join(format!("{TMP_PREFIX}{}", pack_file_name(id)));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        remove_quietly(&tmp);
-        return Err(StoreError::io(tmp, e));
-    }
-    if let Err(e) = fs::rename(&tmp, &path) {
-        remove_quietly(&tmp);
-        return Err(StoreError::io(path, e));
-    }
-    if let Err(e) = sync_dir(packs_dir) {
-        remove_quietly(&path);
-        return Err(e);
-    }
-    Ok(path)
+    write_durably(packs_dir, path, tmp, data)
 }
 
 /// Reads `len` bytes at `offset` of a pack file.
