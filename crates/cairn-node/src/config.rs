@@ -27,6 +27,49 @@ pub struct NodeConfig {
     pub request_timeout_secs: u64,
     /// Days a share lease lasts before it must be renewed.
     pub lease_days: u64,
+    /// The web UI and JSON API (`[web]`).
+    pub web: WebConfig,
+}
+
+/// Settings of the node's web UI and JSON API (the `[web]` table of `node.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Whether `cairn run` serves the web UI.
+    pub enabled: bool,
+    /// Address the web server listens on (HTTPS). Port 0 picks a free port at each start; the
+    /// URL in use is written to `DIR/web/url`.
+    pub listen: SocketAddr,
+    /// Must be true to listen on an address other than loopback.
+    pub allow_remote: bool,
+    /// A PEM certificate chain to serve instead of the self-signed one made at first start.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The largest file one upload may carry, in bytes.
+    pub max_upload_bytes: u64,
+    /// Whether `/metrics` answers without the API token.
+    pub public_metrics: bool,
+    /// Minutes a download link made from a share link stays valid.
+    pub download_link_minutes: u64,
+    /// Hours a browser session lasts after login.
+    pub session_hours: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allow_remote: false,
+            tls_cert: None,
+            tls_key: None,
+            max_upload_bytes: 16 * 1024 * 1024 * 1024,
+            public_metrics: false,
+            download_link_minutes: 30,
+            session_hours: 12,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -37,6 +80,7 @@ impl Default for NodeConfig {
             storage: true,
             request_timeout_secs: 30,
             lease_days: 31,
+            web: WebConfig::default(),
         }
     }
 }

@@ -30,7 +30,7 @@ mod slots;
 mod tree;
 mod watch;
 
-pub use config::{GridConfig, NodeConfig};
+pub use config::{GridConfig, NodeConfig, WebConfig};
 pub use dir::{NodeDir, NodeKeys};
 pub use dirs::{DIR_REPLICAS, DirCap};
 pub use error::NodeError;
