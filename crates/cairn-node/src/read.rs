@@ -1,0 +1,219 @@
+//! Reading part of a file: the manifest once, then only the chunks a read touches.
+//!
+//! [`Node::open_file`] fetches and checks a file's manifest and returns a [`FileReader`].
+//! [`FileReader::read_at`] fetches, verifies and decrypts just the chunks that overlap the
+//! range asked for, several at once. The last few decrypted chunks stay in a small cache, so
+//! many small reads of one chunk (a kernel reads 128 KiB at a time) fetch it once, and two
+//! reads of the same chunk at the same moment share one fetch. [`FileReader::prefetch`] starts
+//! fetches ahead of a sequential reader.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use cairn_core::cap::Cap;
+use cairn_core::chunk::open_chunk;
+use cairn_core::crypto::ChunkKey;
+use cairn_core::manifest::ChunkRef;
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+use crate::NodeError;
+use crate::node::{Inner, Node};
+
+/// Decrypted chunks a reader keeps (at most 4 MiB each).
+pub const CACHED_CHUNKS: usize = 8;
+/// Chunks one read fetches at once.
+const FETCHES_AT_ONCE: usize = 4;
+
+/// One chunk of the file: where it starts, what it is, and its key.
+struct Span {
+    start: u64,
+    chunk: ChunkRef,
+    key: ChunkKey,
+}
+
+type Cell = Arc<OnceCell<Bytes>>;
+
+/// Random access to one immutable file (see the module docs). Cheap to clone; clones share
+/// the cache.
+#[derive(Clone)]
+pub struct FileReader {
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    /// A literal cap: the bytes are in the cap.
+    Literal(Bytes),
+    /// Chunks on the grid.
+    Chunks(Arc<Chunked>),
+}
+
+struct Chunked {
+    inner: Arc<Inner>,
+    size: u64,
+    spans: Vec<Span>,
+    /// Most recently used last.
+    cache: Mutex<VecDeque<(usize, Cell)>>,
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("size", &self.size())
+            .field("chunks", &self.chunk_count())
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens the file named by `cap` for random access: fetches and checks its manifest.
+    pub async fn open_file(&self, cap: &Cap) -> Result<FileReader, NodeError> {
+        let read = match cap {
+            Cap::Literal(lit) => {
+                return Ok(FileReader {
+                    source: Source::Literal(Bytes::copy_from_slice(&lit.data)),
+                });
+            }
+            Cap::Verify(_) => return Err(NodeError::VerifyCapCannotRead),
+            Cap::DirWrite(_) | Cap::DirRead(_) => {
+                return Err(NodeError::IsADirectory(
+                    "the cap names a directory, not a file".into(),
+                ));
+            }
+            Cap::Read(read) => read,
+        };
+        let manifest = self.fetch_manifest(&read.root, read.size).await?;
+        let keys = manifest.chunk_keys(&read.key)?;
+        let mut start = 0u64;
+        let spans = manifest
+            .chunks()
+            .iter()
+            .zip(keys)
+            .map(|(chunk, key)| {
+                let span = Span {
+                    start,
+                    chunk: *chunk,
+                    key,
+                };
+                start += u64::from(chunk.plain_len);
+                span
+            })
+            .collect();
+        Ok(FileReader {
+            source: Source::Chunks(Arc::new(Chunked {
+                inner: self.inner.clone(),
+                size: manifest.file_size,
+                spans,
+                cache: Mutex::new(VecDeque::new()),
+            })),
+        })
+    }
+}
+
+impl FileReader {
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        match &self.source {
+            Source::Literal(data) => data.len() as u64,
+            Source::Chunks(c) => c.size,
+        }
+    }
+
+    /// How many chunks the file has (0 for a literal or empty file).
+    pub fn chunk_count(&self) -> usize {
+        match &self.source {
+            Source::Literal(_) => 0,
+            Source::Chunks(c) => c.spans.len(),
+        }
+    }
+
+    /// Up to `len` bytes from `offset`: fewer only at the end of the file, none past it.
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, NodeError> {
+        let end = offset.saturating_add(len as u64).min(self.size());
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let chunked = match &self.source {
+            Source::Literal(data) => return Ok(data.slice(offset as usize..end as usize)),
+            Source::Chunks(c) => c,
+        };
+        let (first, last) = chunked.covering(offset, end);
+        let mut parts =
+            futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i))).buffered(FETCHES_AT_ONCE);
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        let mut index = first;
+        while let Some(plain) = parts.next().await {
+            let plain = plain?;
+            let start = chunked.spans[index].start;
+            let from = offset.saturating_sub(start) as usize;
+            let to = ((end - start) as usize).min(plain.len());
+            out.extend_from_slice(&plain[from..to]);
+            index += 1;
+        }
+        Ok(out.freeze())
+    }
+
+    /// Starts fetching the chunks that overlap `offset..offset + len` in the background, so a
+    /// later [`read_at`](Self::read_at) finds them cached. Errors are left for that read.
+    pub fn prefetch(&self, offset: u64, len: usize) {
+        let Source::Chunks(chunked) = &self.source else {
+            return;
+        };
+        let end = offset.saturating_add(len as u64).min(chunked.size);
+        if offset >= end {
+            return;
+        }
+        let (first, last) = chunked.covering(offset, end);
+        for i in first..=last.min(first + CACHED_CHUNKS / 2) {
+            let chunked = chunked.clone();
+            tokio::spawn(async move {
+                let _ = chunked.chunk(i).await;
+            });
+        }
+    }
+}
+
+impl Chunked {
+    /// The first and last chunk indexes overlapping `offset..end` (`offset < end <= size`).
+    fn covering(&self, offset: u64, end: u64) -> (usize, usize) {
+        let first = self.spans.partition_point(|s| s.start <= offset) - 1;
+        let last = self.spans.partition_point(|s| s.start < end) - 1;
+        (first, last)
+    }
+
+    /// The decrypted chunk `i`, from the cache or the grid.
+    async fn chunk(self: &Arc<Self>, i: usize) -> Result<Bytes, NodeError> {
+        let cell = self.cell(i);
+        let plain = cell
+            .get_or_try_init(|| async {
+                let span = &self.spans[i];
+                let fetched = self.inner.fetch_blob(&span.chunk.root).await?;
+                let key = span.key.clone();
+                let plain_len = span.chunk.plain_len;
+                let plain = tokio::task::spawn_blocking(move || {
+                    open_chunk(&fetched.header, fetched.shares, &key, plain_len)
+                })
+                .await
+                .map_err(|e| NodeError::Control(e.to_string()))??;
+                Ok::<_, NodeError>(Bytes::from(plain))
+            })
+            .await?;
+        Ok(plain.clone())
+    }
+
+    /// The cache cell of chunk `i`, made most recently used; a new one when absent.
+    fn cell(&self, i: usize) -> Cell {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = match cache.iter().position(|(j, _)| *j == i) {
+            Some(at) => cache.remove(at).map(|(_, c)| c).unwrap_or_default(),
+            None => Cell::default(),
+        };
+        cache.push_back((i, cell.clone()));
+        while cache.len() > CACHED_CHUNKS {
+            cache.pop_front();
+        }
+        cell
+    }
+}

@@ -1,0 +1,120 @@
+//! Random access to a file: any range reads back exactly, fetching only the chunks it touches.
+
+use std::time::Duration;
+
+use cairn_core::cap::Cap;
+use cairn_node::{Node, PutOptions};
+use cairn_testkit::{TestGrid, random_bytes};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Bytes this node has received from its peers so far.
+async fn received(node: &Node) -> u64 {
+    let status = node.status().await.expect("status");
+    status.peers.iter().map(|p| p.received).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let data = random_bytes(7, 24 << 20);
+        let report = grid
+            .node(0)
+            .put(std::io::Cursor::new(data.clone()), PutOptions::default())
+            .await
+            .expect("put");
+        let cap: Cap = report.cap.parse().expect("cap");
+        let reader = grid.node(1).open_file(&cap).await.expect("open");
+        assert_eq!(reader.size(), data.len() as u64);
+        assert!(reader.chunk_count() > 4, "several chunks");
+
+        // A small read in the middle fetches about one chunk, not the file.
+        let before = received(grid.node(1)).await;
+        let mid = data.len() as u64 / 2;
+        let got = reader.read_at(mid, 4096).await.expect("read");
+        assert_eq!(&got[..], &data[mid as usize..mid as usize + 4096]);
+        let fetched = received(grid.node(1)).await - before;
+        assert!(
+            fetched < 2 * 4 * 1024 * 1024,
+            "a 4 KiB read fetched {fetched} bytes"
+        );
+        // Reading it again comes from the cache.
+        let before = received(grid.node(1)).await;
+        let again = reader.read_at(mid + 100, 4096).await.expect("read");
+        assert_eq!(&again[..], &data[mid as usize + 100..mid as usize + 4196]);
+        assert_eq!(received(grid.node(1)).await, before, "served from the cache");
+
+        let len = data.len() as u64;
+        let cases: [(u64, usize); 8] = [
+            (0, 1),
+            (0, 3 << 20),
+            (1_000_003, 5 << 20),
+            (len - 10, 100),
+            (len - 1, 1),
+            (len, 10),
+            (len + 5, 10),
+            (12_345, 0),
+        ];
+        for (offset, n) in cases {
+            let got = reader.read_at(offset, n).await.expect("read");
+            let from = (offset as usize).min(data.len());
+            let to = (offset as usize).saturating_add(n).min(data.len());
+            assert_eq!(&got[..], &data[from..to], "read_at({offset}, {n})");
+        }
+
+        // Reads at the same time, the whole file in 128 KiB pieces out of order.
+        let pieces: Vec<u64> = (0..len.div_ceil(128 << 10)).rev().collect();
+        let reads = pieces.iter().map(|&p| {
+            let reader = reader.clone();
+            async move { (p, reader.read_at(p * (128 << 10), 128 << 10).await) }
+        });
+        for (p, got) in futures_util::future::join_all(reads).await {
+            let from = (p * (128 << 10)) as usize;
+            let to = (from + (128 << 10)).min(data.len());
+            assert_eq!(&got.expect("read")[..], &data[from..to]);
+        }
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_with_two_holders_down_and_literals_need_no_grid() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        let data = random_bytes(8, 6 << 20);
+        let report = grid
+            .node(0)
+            .put(std::io::Cursor::new(data.clone()), PutOptions::default())
+            .await
+            .expect("put");
+        let cap: Cap = report.cap.parse().expect("cap");
+        grid.stop(3).await;
+        grid.stop(4).await;
+        let reader = grid.node(1).open_file(&cap).await.expect("open");
+        reader.prefetch(0, 8 << 20);
+        let got = reader.read_at(2 << 20, 3 << 20).await.expect("read");
+        assert_eq!(&got[..], &data[2 << 20..5 << 20]);
+
+        let tiny = grid
+            .node(0)
+            .put(&b"tiny"[..], PutOptions::default())
+            .await
+            .expect("put");
+        let tiny: Cap = tiny.cap.parse().expect("cap");
+        let reader = grid.node(2).open_file(&tiny).await.expect("open literal");
+        assert_eq!(&reader.read_at(1, 10).await.expect("read")[..], b"iny");
+
+        let verify = match &cap {
+            Cap::Read(read) => Cap::Verify(read.verify_cap()),
+            _ => unreachable!("a big file has a read cap"),
+        };
+        let err = grid.node(1).open_file(&verify).await.expect_err("verify cap");
+        assert!(err.to_string().contains("verify"), "{err}");
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
