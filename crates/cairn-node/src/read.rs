@@ -140,8 +140,8 @@ impl FileReader {
             Source::Chunks(c) => c,
         };
         let (first, last) = chunked.covering(offset, end);
-        let mut parts =
-            futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i))).buffered(FETCHES_AT_ONCE);
+        let mut parts = futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i)))
+            .buffered(FETCHES_AT_ONCE);
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         let mut index = first;
         while let Some(plain) = parts.next().await {

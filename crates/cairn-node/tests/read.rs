@@ -43,7 +43,11 @@ async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
         let before = received(grid.node(1)).await;
         let again = reader.read_at(mid + 100, 4096).await.expect("read");
         assert_eq!(&again[..], &data[mid as usize + 100..mid as usize + 4196]);
-        assert_eq!(received(grid.node(1)).await, before, "served from the cache");
+        assert_eq!(
+            received(grid.node(1)).await,
+            before,
+            "served from the cache"
+        );
 
         let len = data.len() as u64;
         let cases: [(u64, usize); 8] = [
@@ -111,7 +115,11 @@ async fn reads_go_on_with_two_holders_down_and_literals_need_no_grid() {
             Cap::Read(read) => Cap::Verify(read.verify_cap()),
             _ => unreachable!("a big file has a read cap"),
         };
-        let err = grid.node(1).open_file(&verify).await.expect_err("verify cap");
+        let err = grid
+            .node(1)
+            .open_file(&verify)
+            .await
+            .expect_err("verify cap");
         assert!(err.to_string().contains("verify"), "{err}");
         grid.shutdown().await;
     })
