@@ -17,6 +17,9 @@ const CERT_CONTEXT: &[u8] = b"cairn-member-cert-v1";
 
 /// Current certificate format version.
 pub const CERT_VERSION: u8 = 1;
+/// How far ahead of the checking node's clock a certificate's issue time may be (clocks of
+/// friends' machines drift; a certificate dated later than this was not issued honestly).
+pub const CLOCK_SKEW_SECS: u64 = 300;
 
 /// Why a certificate was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +61,14 @@ pub enum CertError {
     /// The node was revoked by the grid's admins.
     #[error("node {0} has been revoked from this grid")]
     Revoked(NodeId),
+    /// The certificate is dated later than the checking node's clock allows.
+    #[error("certificate issued at {issued_at}, in the future (now {now})")]
+    NotYetValid {
+        /// Issue time, unix seconds.
+        issued_at: u64,
+        /// The checking node's clock, unix seconds.
+        now: u64,
+    },
 }
 
 /// What a member may do in the grid, as a small bit set.
@@ -213,7 +224,8 @@ impl MemberCert {
     }
 
     /// Checks the certificate for a connection: issued by `grid`, naming exactly `peer` (the
-    /// peer's authenticated id), not expired at `now`, and signed by the grid key.
+    /// peer's authenticated id), not expired at `now`, not issued more than
+    /// [`CLOCK_SKEW_SECS`] after `now`, and signed by the grid key.
     pub fn verify(&self, grid: &GridId, peer: &NodeId, now: u64) -> Result<(), CertError> {
         self.verify_signature(grid)?;
         if self.body.node != *peer {
@@ -225,6 +237,12 @@ impl MemberCert {
         if now >= self.body.expires_at {
             return Err(CertError::Expired {
                 expired_at: self.body.expires_at,
+                now,
+            });
+        }
+        if self.body.issued_at > now.saturating_add(CLOCK_SKEW_SECS) {
+            return Err(CertError::NotYetValid {
+                issued_at: self.body.issued_at,
                 now,
             });
         }
@@ -289,6 +307,21 @@ mod tests {
         assert!(matches!(
             cert.verify(&grid_key(9).grid_id(), &node(2), 150),
             Err(CertError::WrongGrid { .. })
+        ));
+    }
+
+    #[test]
+    fn cert_dated_in_the_future_is_refused_beyond_the_clock_skew() {
+        let key = grid_key(1);
+        let cert = key.issue(node(2), Roles::MEMBER, 10_000, 20_000);
+        let early = 10_000 - CLOCK_SKEW_SECS;
+        assert_eq!(cert.verify(&key.grid_id(), &node(2), early), Ok(()));
+        assert!(matches!(
+            cert.verify(&key.grid_id(), &node(2), early - 1),
+            Err(CertError::NotYetValid {
+                issued_at: 10_000,
+                ..
+            })
         ));
     }
 

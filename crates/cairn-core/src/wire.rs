@@ -72,13 +72,24 @@ pub enum WireError {
     Limit(&'static str),
 }
 
-/// A lease on a stored share: who wants it kept, and until when.
+/// The longest a lease may run from the moment it is stored: a year and a month.
+pub const MAX_LEASE_SECS: u64 = 396 * 86_400;
+
+/// A lease on a stored share: who wants it kept, and until when. A holder records only a lease
+/// whose owner is the node that sent it and that ends within [`MAX_LEASE_SECS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The node whose owner renews this lease.
     pub owner: NodeId,
     /// Unix seconds after which the lease no longer protects the share.
     pub expires_at: u64,
+}
+
+impl Lease {
+    /// Whether a holder may record this lease from `sender` at `now` (unix seconds).
+    pub fn acceptable_from(&self, sender: &NodeId, now: u64) -> bool {
+        self.owner == *sender && self.expires_at <= now.saturating_add(MAX_LEASE_SECS)
+    }
 }
 
 /// The first message each way on a member connection.
@@ -308,6 +319,9 @@ pub enum Refusal {
     NotStorage,
     /// A slot version whose signature does not verify.
     InvalidVersion,
+    /// A lease that names another node than the sender, or lasts longer than
+    /// [`MAX_LEASE_SECS`].
+    BadLease,
 }
 
 impl fmt::Display for Refusal {
@@ -319,6 +333,7 @@ impl fmt::Display for Refusal {
             Refusal::Internal => "internal error on the serving node",
             Refusal::NotStorage => "node does not offer storage",
             Refusal::InvalidVersion => "version signature does not verify",
+            Refusal::BadLease => "lease names another node or lasts too long",
         })
     }
 }

@@ -16,7 +16,7 @@ use cairn_core::erasure::verify_header;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::{
     FoundShare, GridInfo, Hello, InviteCode, JoinRefusal, JoinRequest, JoinResponse, Lease,
-    PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem,
+    MAX_LEASE_SECS, PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem,
 };
 use cairn_net::{BoxFuture, JoinService, Membership, Net, NetConfig, NetError, ShareService};
 use cairn_store::{DiskStore, PutItem, PutOutcome, ShareStore, StoreError};
@@ -414,7 +414,12 @@ impl Inner {
     pub(crate) fn lease(&self) -> Lease {
         Lease {
             owner: self.id,
-            expires_at: now_secs().saturating_add(self.config.lease_days.saturating_mul(86_400)),
+            expires_at: now_secs().saturating_add(
+                self.config
+                    .lease_days
+                    .saturating_mul(86_400)
+                    .min(MAX_LEASE_SECS),
+            ),
         }
     }
 
@@ -430,6 +435,10 @@ impl Inner {
             } => {
                 if !self.config.storage {
                     return Response::Refused(Refusal::NotStorage);
+                }
+                if !lease.acceptable_from(&peer, now_secs()) {
+                    warn!(peer = %peer.fmt_short(), "refusing a lease that names another node or lasts too long");
+                    return Response::Refused(Refusal::BadLease);
                 }
                 let valid =
                     verify_header(&root, &header).and_then(|h| h.verify_share(index, &data));
@@ -514,6 +523,10 @@ impl Inner {
     ) -> Response {
         if !self.config.storage {
             return Response::Refused(Refusal::NotStorage);
+        }
+        if !lease.acceptable_from(&peer, now_secs()) {
+            warn!(peer = %peer.fmt_short(), "refusing a lease that names another node or lasts too long");
+            return Response::Refused(Refusal::BadLease);
         }
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || {

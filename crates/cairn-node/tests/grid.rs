@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cairn_core::cap::Cap;
 use cairn_core::cert::{GridKey, Roles};
-use cairn_core::id::NodeId;
-use cairn_core::wire::{Hello, Refusal, Request, Response, RosterEntry};
+use cairn_core::id::{NodeId, ShareRoot};
+use cairn_core::wire::{Hello, Lease, MAX_LEASE_SECS, Refusal, Request, Response, RosterEntry};
 use cairn_net::{BoxFuture, Membership, Net, NetConfig, NetError, ShareService};
 use cairn_node::{NodeError, NodeKeys, PutOptions};
 use cairn_testkit::{GridOptions, TestGrid, random_bytes};
@@ -484,6 +484,101 @@ async fn a_certificate_presented_by_another_node_is_refused() {
             .unwrap_or_default();
         assert_eq!(served.sent, 0);
         thief.shutdown().await;
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_dated_in_the_future_is_refused() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(3).await;
+        let key = NodeKeys::load(grid.dir(0))
+            .expect("keys")
+            .grid_key
+            .expect("node 0 is the admin");
+        let secret = [45u8; 32];
+        let issued = now() + 3600;
+        let cert = key.issue(node_id(&secret), Roles::MEMBER, issued, issued + 3600);
+        let early = bind_net(
+            secret,
+            Membership {
+                grid: key.grid_id(),
+                cert,
+            },
+        )
+        .await;
+        let target = grid.node(0);
+        let result = early
+            .request(
+                target.id(),
+                &target.addrs(),
+                &Request::HeldShares { roots: vec![] },
+            )
+            .await;
+        assert!(result.is_err(), "{result:?}");
+        let served = target
+            .net()
+            .counters()
+            .get(&node_id(&secret))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(served.sent, 0);
+        early.shutdown().await;
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_for_another_node_or_too_long_is_refused() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(3).await;
+        let (sender, target) = (grid.node(1), grid.node(0));
+        let share = |owner: NodeId, expires_at: u64| Request::PutShare {
+            root: ShareRoot::from_bytes([7; 32]),
+            index: 0,
+            header: random_bytes(4, 64),
+            lease: Lease { owner, expires_at },
+            data: random_bytes(5, 64),
+        };
+        let ask = |request: Request| async move {
+            sender
+                .net()
+                .request(target.id(), &target.addrs(), &request)
+                .await
+                .expect("answer")
+        };
+        let month = now() + 31 * 86_400;
+        // Another node's lease (here the target's own) is refused before anything else.
+        assert_eq!(
+            ask(share(target.id(), month)).await,
+            Response::Refused(Refusal::BadLease)
+        );
+        // So is a lease of the sender's that runs past the limit.
+        assert_eq!(
+            ask(share(sender.id(), now() + MAX_LEASE_SECS + 86_400)).await,
+            Response::Refused(Refusal::BadLease)
+        );
+        // The sender's own lease passes that check and reaches the share check.
+        assert_eq!(
+            ask(share(sender.id(), month)).await,
+            Response::Refused(Refusal::InvalidShare)
+        );
+        // Batches are held to the same rule.
+        assert_eq!(
+            ask(Request::PutShares {
+                lease: Lease {
+                    owner: grid.node(2).id(),
+                    expires_at: month,
+                },
+                shares: vec![],
+            })
+            .await,
+            Response::Refused(Refusal::BadLease)
+        );
         grid.shutdown().await;
     })
     .await
