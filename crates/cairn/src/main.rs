@@ -98,6 +98,17 @@ enum Command {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Print a one-time login link to the running node's web UI (valid 10 minutes).
+    Web {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print only the login link, nothing else.
+        #[arg(long, conflicts_with = "print_token")]
+        print_url: bool,
+        /// Print the API token for `Authorization: Bearer` (scripts, Prometheus).
+        #[arg(long)]
+        print_token: bool,
+    },
     /// Print a one-time invite code for a new device (admin nodes).
     Invite {
         #[command(flatten)]
@@ -354,6 +365,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { dir } => run_daemon(NodeDir::new(dir.dir)).await,
         Command::Stop { dir } => quickstart::stop(&dir.dir).await,
+        Command::Web {
+            dir,
+            print_url,
+            print_token,
+        } => web(&NodeDir::new(dir.dir), print_url, print_token),
         Command::Invite {
             dir,
             ttl_hours,
@@ -531,6 +547,26 @@ pub(crate) async fn call(dir: &std::path::Path, request: &ControlRequest) -> Res
     Ok(client.call(request).await?)
 }
 
+/// `cairn web`: the login link (or the API token) of the running node's web UI.
+fn web(dir: &NodeDir, print_url: bool, print_token: bool) -> Result<()> {
+    if print_token {
+        outln!("{}", cairn_web::api_token(dir)?);
+        return Ok(());
+    }
+    if !cairn_node::control::is_running(dir) {
+        bail!(cairn_web::WebError::NotRunning(dir.root().to_path_buf()));
+    }
+    let url = cairn_web::login_url(dir)?;
+    if !print_url {
+        eprintln!(
+            "open this one-time login link in a browser on this machine (valid {} minutes; the certificate is self-signed):",
+            cairn_web::LOGIN_TTL.as_secs() / 60
+        );
+    }
+    outln!("{url}");
+    Ok(())
+}
+
 async fn run_daemon(dir: NodeDir) -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -552,7 +588,20 @@ async fn run_daemon(dir: NodeDir) -> Result<()> {
         on_signal.cancel();
     });
     tracing::info!(node = %node.id(), addrs = ?node.addrs(), "listening");
-    let served = cairn_node::control::serve(node.clone(), stop).await;
+    let web_config = cairn_node::NodeConfig::load(&dir.config())?.web;
+    let web = tokio::spawn(cairn_web::serve(
+        node.clone(),
+        dir.clone(),
+        web_config,
+        stop.clone(),
+    ));
+    let served = cairn_node::control::serve(node.clone(), stop.clone()).await;
+    stop.cancel();
+    match web.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "web UI stopped"),
+        Err(e) => tracing::error!(error = %e, "web UI task failed"),
+        Ok(Ok(())) => {}
+    }
     node.shutdown().await;
     drop(node);
     // Last: `cairn stop` waits for the socket to go.
