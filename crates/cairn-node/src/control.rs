@@ -152,6 +152,41 @@ pub enum ControlRequest {
     Gossip,
     /// Stop the node.
     Stop,
+    /// Mount the tree (or the directory `cap`) at `mountpoint` with FUSE. The node answers once
+    /// mounted; unless `background`, the mount lasts while the connection stays open.
+    Mount {
+        /// An absolute path to an existing empty directory.
+        mountpoint: String,
+        /// A directory cap to mount instead of the node's root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cap: Option<String>,
+        /// Answer at once and keep the mount after the connection closes.
+        #[serde(default)]
+        background: bool,
+    },
+    /// Unmount a mount made by this node.
+    Unmount {
+        /// The mount point, as given to `Mount`.
+        mountpoint: String,
+    },
+}
+
+/// The future a [`Mounter`] returns.
+pub type MountFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, NodeError>> + Send + 'a>>;
+
+/// Mounts the tree as a file system: implemented by `cairn-fuse` and handed to
+/// [`serve_with`] by the daemon (the node cannot depend on the FUSE crate).
+pub trait Mounter: Send + Sync {
+    /// Mounts `cap` (or the root) at `mountpoint`. The receiver completes when the mount ends
+    /// for any reason (unmounted by [`Mounter::unmount`], `umount`, or the node stopping).
+    fn mount<'a>(
+        &'a self,
+        mountpoint: &'a Path,
+        cap: Option<&'a str>,
+    ) -> MountFuture<'a, tokio::sync::oneshot::Receiver<()>>;
+    /// Unmounts the mount at `mountpoint`.
+    fn unmount<'a>(&'a self, mountpoint: &'a Path) -> MountFuture<'a, ()>;
 }
 
 /// A local file's mode and modification time, as sent by the CLI.
@@ -254,6 +289,15 @@ fn reply<T: Serialize>(result: Result<T, NodeError>) -> ControlReply {
 
 /// Serves the control socket until `stop` is cancelled (or a client sends `stop`).
 pub async fn serve(node: Node, stop: CancellationToken) -> Result<(), NodeError> {
+    serve_with(node, stop, None).await
+}
+
+/// [`serve`], with a [`Mounter`] that answers `Mount` and `Unmount` (without one they fail).
+pub async fn serve_with(
+    node: Node,
+    stop: CancellationToken,
+    mounter: Option<std::sync::Arc<dyn Mounter>>,
+) -> Result<(), NodeError> {
     let path = node.dir().control_socket();
     let listener = bind_socket(node.dir().root(), &path).await?;
     loop {
@@ -263,8 +307,9 @@ pub async fn serve(node: Node, stop: CancellationToken) -> Result<(), NodeError>
                 let Ok((stream, _)) = accepted else { continue };
                 let node = node.clone();
                 let stop = stop.clone();
+                let mounter = mounter.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(node, stream, stop).await {
+                    if let Err(e) = handle(node, stream, stop, mounter).await {
                         debug!(error = %e, "control connection ended");
                     }
                 });
@@ -300,7 +345,12 @@ async fn bind_socket(dir: &Path, path: &Path) -> Result<UnixListener, NodeError>
     Ok(listener)
 }
 
-async fn handle(node: Node, mut stream: UnixStream, stop: CancellationToken) -> io::Result<()> {
+async fn handle(
+    node: Node,
+    mut stream: UnixStream,
+    stop: CancellationToken,
+    mounter: Option<std::sync::Arc<dyn Mounter>>,
+) -> io::Result<()> {
     let Some((TAG_JSON, body)) = read_frame(&mut stream).await? else {
         return Ok(());
     };
@@ -364,8 +414,62 @@ async fn handle(node: Node, mut stream: UnixStream, stop: CancellationToken) -> 
         ControlRequest::Attach { cap, path } => reply(node.attach(&cap, &path).await),
         ControlRequest::LinkMany { path, items } => reply(link_many(&node, &path, items).await),
         ControlRequest::Walk { path } => reply(walk(&node, &path).await),
+        ControlRequest::Mount {
+            mountpoint,
+            cap,
+            background,
+        } => {
+            return handle_mount(stream, stop, mounter, &mountpoint, cap, background).await;
+        }
+        ControlRequest::Unmount { mountpoint } => match mounter {
+            Some(m) => reply(m.unmount(Path::new(&mountpoint)).await),
+            None => reply::<()>(Err(no_mounter())),
+        },
     };
     write_json(&mut stream, &answer).await
+}
+
+fn no_mounter() -> NodeError {
+    NodeError::Invalid("this node was started without FUSE mount support".into())
+}
+
+/// Mounts, answers, then holds the mount while the client stays connected (unless
+/// `background`): the client going away, the node stopping or the mount ending otherwise
+/// (`umount`) each end it.
+async fn handle_mount(
+    mut stream: UnixStream,
+    stop: CancellationToken,
+    mounter: Option<std::sync::Arc<dyn Mounter>>,
+    mountpoint: &str,
+    cap: Option<String>,
+    background: bool,
+) -> io::Result<()> {
+    let Some(mounter) = mounter else {
+        return write_json(&mut stream, &reply::<()>(Err(no_mounter()))).await;
+    };
+    let path = Path::new(mountpoint);
+    let ended = match mounter.mount(path, cap.as_deref()).await {
+        Ok(ended) => ended,
+        Err(e) => return write_json(&mut stream, &reply::<()>(Err(e))).await,
+    };
+    write_json(&mut stream, &reply(Ok(mountpoint))).await?;
+    if background {
+        return Ok(());
+    }
+    let client_gone = async {
+        // The client sends nothing more: any frame or the end of the stream means it is done.
+        let _ = read_frame(&mut stream).await;
+    };
+    tokio::select! {
+        _ = client_gone => {
+            if let Err(e) = mounter.unmount(path).await {
+                warn!(error = %e, "unmount after the client left failed");
+            }
+        }
+        _ = stop.cancelled() => {}
+        _ = ended => {}
+    }
+    Ok(())
 }
 
 fn file_meta(meta: FileMeta) -> Meta {
@@ -730,6 +834,26 @@ impl ControlClient {
             }
             sent += n as u64;
             progress(sent);
+        }
+    }
+
+    /// Sends a [`ControlRequest::Mount`]; once the node has mounted, calls `mounted` and
+    /// holds the mount until `until` completes (then hangs up, which unmounts) or the node
+    /// ends the mount. Returns whether the node ended it.
+    pub async fn hold_mount(
+        mut self,
+        request: &ControlRequest,
+        mounted: impl FnOnce(),
+        until: impl std::future::Future<Output = ()>,
+    ) -> Result<bool, NodeError> {
+        write_json(&mut self.stream, request)
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        self.read_reply().await?;
+        mounted();
+        tokio::select! {
+            _ = until => Ok(false),
+            _ = read_frame(&mut self.stream) => Ok(true),
         }
     }
 

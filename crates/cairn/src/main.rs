@@ -109,6 +109,26 @@ enum Command {
         #[arg(long)]
         print_token: bool,
     },
+    /// Mount the tree (or a directory cap) as a file system; stays until Ctrl-C or unmount.
+    Mount {
+        /// An existing empty directory.
+        mountpoint: PathBuf,
+        /// Mount this directory cap instead of the node's root (a readcap mounts read-only).
+        #[arg(long)]
+        cap: Option<String>,
+        /// Return once mounted; the mount lasts until `cairn unmount` or the node stops.
+        #[arg(long)]
+        background: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Unmount a mount made by `cairn mount`.
+    Unmount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Print a one-time invite code for a new device (admin nodes).
     Invite {
         #[command(flatten)]
@@ -365,6 +385,23 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { dir } => run_daemon(NodeDir::new(dir.dir)).await,
         Command::Stop { dir } => quickstart::stop(&dir.dir).await,
+        Command::Mount {
+            mountpoint,
+            cap,
+            background,
+            dir,
+        } => mount(&dir.dir, &mountpoint, cap, background).await,
+        Command::Unmount { mountpoint, dir } => {
+            let mountpoint = absolute(&mountpoint)?;
+            call(
+                &dir.dir,
+                &ControlRequest::Unmount {
+                    mountpoint: mountpoint.to_string_lossy().into_owned(),
+                },
+            )
+            .await?;
+            Ok(())
+        }
         Command::Web {
             dir,
             print_url,
@@ -567,6 +604,64 @@ fn web(dir: &NodeDir, print_url: bool, print_token: bool) -> Result<()> {
     Ok(())
 }
 
+/// `path` made absolute (against the current directory), for the daemon.
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}", path.display()))
+}
+
+/// `cairn mount`: asks the node to mount, then holds the mount until Ctrl-C (or the node ends
+/// it).
+async fn mount(
+    dir: &std::path::Path,
+    mountpoint: &std::path::Path,
+    cap: Option<String>,
+    background: bool,
+) -> Result<()> {
+    let mountpoint = absolute(mountpoint)?;
+    let meta = std::fs::metadata(&mountpoint)
+        .with_context(|| format!("mount point {}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mount point {}: not a directory", mountpoint.display());
+    }
+    let client = ControlClient::connect(&NodeDir::new(dir)).await?;
+    let request = ControlRequest::Mount {
+        mountpoint: mountpoint.to_string_lossy().into_owned(),
+        cap,
+        background,
+    };
+    if background {
+        client.call(&request).await?;
+        eprintln!("mounted at {}", mountpoint.display());
+        return Ok(());
+    }
+    let shown = mountpoint.display().to_string();
+    let ended_by_node = client
+        .hold_mount(
+            &request,
+            || eprintln!("mounted at {shown} (Ctrl-C or `cairn unmount {shown}` to unmount)"),
+            async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            },
+        )
+        .await?;
+    if ended_by_node {
+        eprintln!("unmounted {shown}");
+    } else {
+        // Hanging up unmounts; wait until the node has done it, so the shell sees it gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cairn_fuse::is_mount_point(&mountpoint) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("unmounted {shown}");
+    }
+    Ok(())
+}
+
 async fn run_daemon(dir: NodeDir) -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -595,7 +690,10 @@ async fn run_daemon(dir: NodeDir) -> Result<()> {
         web_config,
         stop.clone(),
     ));
-    let served = cairn_node::control::serve(node.clone(), stop.clone()).await;
+    let mounts = cairn_fuse::Mounts::start(node.clone());
+    let mounter: std::sync::Arc<dyn cairn_node::control::Mounter> = mounts.clone();
+    let served = cairn_node::control::serve_with(node.clone(), stop.clone(), Some(mounter)).await;
+    mounts.unmount_all().await;
     stop.cancel();
     match web.await {
         Ok(Err(e)) => tracing::error!(error = %e, "web UI stopped"),

@@ -1,0 +1,1414 @@
+//! The FUSE file system: kernel requests mapped onto the node's tree API.
+//!
+//! Design: fuser calls the [`Filesystem`] methods on its own threads; each method that needs
+//! the grid moves its reply into a task on the node's tokio runtime and returns at once, so
+//! slow requests do not hold up others. Every grid call has a time limit ([`OP_TIMEOUT`]); past
+//! it the request fails with `EIO`, so the mount never hangs.
+//!
+//! State, all in one [`Shared`] behind short-held locks: the inode table, open handles, staged
+//! writes (see [`crate::staging`]), and a cache of directory listings valid for
+//! [`LISTING_TTL`] and dropped on every local change and every change the node hears of from
+//! the grid (then the kernel's caches are invalidated too).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_core::SlotId;
+use cairn_core::cap::Cap;
+use cairn_dir::Meta;
+use cairn_node::{DirCap, FileReader, LsEntry, LsReport, Node, NodeError, PutReport};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, info};
+
+use crate::inode::{Inodes, ROOT};
+use crate::staging::Staged;
+
+/// How long the kernel may cache names and attributes, and this mount its listings.
+pub const LISTING_TTL: Duration = Duration::from_secs(1);
+/// The longest a directory operation or a read may take before it fails with `EIO`.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How far ahead of a sequential reader chunks are fetched.
+pub const READ_AHEAD: usize = 8 * 1024 * 1024;
+/// Block size reported by `stat` (what `cp` and `dd` size their buffers by).
+const BLKSIZE: u32 = 128 * 1024;
+
+/// Counters of one mount's uploads.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    /// Files uploaded.
+    pub uploads: AtomicU64,
+    /// Shares sent to holders.
+    pub shares_sent: AtomicU64,
+    /// Share bytes sent.
+    pub bytes_sent: AtomicU64,
+}
+
+/// An open handle.
+enum Handle {
+    File {
+        ino: u64,
+        write: bool,
+        append: bool,
+        reader: Option<FileReader>,
+        next: u64,
+    },
+    Dir {
+        entries: Vec<(u64, FileType, String)>,
+    },
+}
+
+/// Everything the request handlers share (see the module docs).
+pub(crate) struct Shared {
+    pub(crate) node: Node,
+    read_only: bool,
+    uid: u32,
+    gid: u32,
+    mounted_at: SystemTime,
+    staging_dir: PathBuf,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    staged: Mutex<HashMap<u64, Arc<Staged>>>,
+    listings: Mutex<HashMap<SlotId, (Instant, Arc<LsReport>)>>,
+    /// Directory mode and mtime set through this mount (kept for the mount's life only).
+    dir_meta: Mutex<HashMap<u64, Meta>>,
+    watched: Mutex<HashSet<SlotId>>,
+    pub(crate) notifier: OnceLock<Notifier>,
+    pub(crate) stats: Arc<UploadStats>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn time_of_ns(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn ns_of_time(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+/// The text form of a directory cap, to start a location with.
+pub(crate) fn cap_text(cap: &DirCap) -> String {
+    match cap {
+        DirCap::Write(w) => Cap::DirWrite(w.clone()).to_string(),
+        DirCap::Read(r) => Cap::DirRead(r.clone()).to_string(),
+    }
+}
+
+/// The errno for a node error (the table is in `docs/specs/mount.md`).
+pub(crate) fn errno(e: &NodeError) -> Errno {
+    match e {
+        NodeError::NotFound(_) => Errno::ENOENT,
+        NodeError::NotADirectory(_) => Errno::ENOTDIR,
+        NodeError::IsADirectory(_) => Errno::EISDIR,
+        NodeError::AlreadyExists(_) => Errno::EEXIST,
+        NodeError::ReadOnly(_) => Errno::EROFS,
+        NodeError::Dir(cairn_dir::DirError::BadName { .. }) => Errno::EINVAL,
+        NodeError::Invalid(_) | NodeError::BadCap(_) => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+/// Runs `f` under [`OP_TIMEOUT`]; a timeout is an I/O error.
+async fn limited<T>(
+    f: impl std::future::Future<Output = Result<T, NodeError>>,
+) -> Result<T, NodeError> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(NodeError::Aborted(format!(
+            "no answer within {} s",
+            OP_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<&str, Errno> {
+    let name = name.to_str().ok_or(Errno::EINVAL)?;
+    if name.len() > cairn_dir::MAX_NAME_LEN {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(name)
+}
+
+fn kind_of(entry: &LsEntry) -> FileType {
+    match entry.kind.as_str() {
+        "dir" => FileType::Directory,
+        "symlink" => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        node: Node,
+        root: DirCap,
+        staging_dir: PathBuf,
+        stats: Arc<UploadStats>,
+    ) -> Shared {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(node.dir().root()).ok();
+        Shared {
+            read_only: root.write_cap().is_none(),
+            uid: owner.as_ref().map_or(0, |m| m.uid()),
+            gid: owner.as_ref().map_or(0, |m| m.gid()),
+            mounted_at: SystemTime::now(),
+            staging_dir,
+            inodes: Mutex::new(Inodes::new(root)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            staged: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            dir_meta: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashSet::new()),
+            notifier: OnceLock::new(),
+            stats,
+            node,
+        }
+    }
+
+    /// The cap of directory `ino`, resolving it through its parent if not known yet.
+    async fn dir_cap(&self, ino: u64) -> Result<DirCap, NodeError> {
+        let mut chain = Vec::new();
+        let mut at = ino;
+        let mut cap = loop {
+            let inode = locked(&self.inodes)
+                .get(at)
+                .cloned()
+                .ok_or_else(|| NodeError::NotFound(format!("inode {at}")))?;
+            if let Some(cap) = inode.dir {
+                break cap;
+            }
+            chain.push((at, inode.name));
+            at = inode.parent;
+        };
+        while let Some((child, name)) = chain.pop() {
+            cap = self.child_dir_cap(&cap, &name).await?;
+            locked(&self.inodes).set_dir(child, Some(cap.clone()));
+        }
+        Ok(cap)
+    }
+
+    async fn child_dir_cap(&self, parent: &DirCap, name: &str) -> Result<DirCap, NodeError> {
+        let location = format!("{}/{name}", cap_text(parent));
+        let writable = parent.write_cap().is_some()
+            && self
+                .entry(parent, name)
+                .await?
+                .ok_or_else(|| NodeError::NotFound(name.to_owned()))?
+                .writable;
+        let text = limited(self.node.share(&location, writable)).await?;
+        match text.parse::<Cap>()? {
+            Cap::DirWrite(w) => Ok(DirCap::Write(w)),
+            Cap::DirRead(r) => Ok(DirCap::Read(r)),
+            _ => Err(NodeError::NotADirectory(name.to_owned())),
+        }
+    }
+
+    /// The listing of `cap`, from the cache when fresh.
+    async fn listing(&self, cap: &DirCap) -> Result<Arc<LsReport>, NodeError> {
+        let slot = cap.slot();
+        if let Some((at, report)) = locked(&self.listings).get(&slot)
+            && at.elapsed() < LISTING_TTL
+        {
+            return Ok(report.clone());
+        }
+        let report = Arc::new(limited(self.node.ls(&cap_text(cap))).await?);
+        locked(&self.listings).insert(slot, (Instant::now(), report.clone()));
+        self.watch(cap);
+        Ok(report)
+    }
+
+    /// Subscribes to pushed changes of a directory this mount has looked at.
+    fn watch(&self, cap: &DirCap) {
+        if !locked(&self.watched).insert(cap.slot()) {
+            return;
+        }
+        let node = self.node.clone();
+        let cap = cap.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.watch(&cap).await {
+                debug!(error = %e, "could not watch a mounted directory");
+            }
+        });
+    }
+
+    fn forget_listing(&self, cap: &DirCap) {
+        locked(&self.listings).remove(&cap.slot());
+    }
+
+    async fn entry(&self, cap: &DirCap, name: &str) -> Result<Option<LsEntry>, NodeError> {
+        let listing = self.listing(cap).await?;
+        Ok(listing.entries.iter().find(|e| e.name == name).cloned())
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        let meta = locked(&self.dir_meta).get(&ROOT).copied();
+        let mtime = meta.map_or(self.mounted_at, |m| time_of_ns(m.mtime_ns));
+        FileAttr {
+            ino: INodeNo(ROOT),
+            size: 0,
+            blocks: 0,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: FileType::Directory,
+            perm: meta.map_or(0o755, |m| (m.mode & 0o7777) as u16),
+            nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, ino: u64, entry: &LsEntry) -> FileAttr {
+        let kind = kind_of(entry);
+        let mut size = entry.size;
+        let mut mode = entry.mode;
+        let mut mtime_ns = entry.mtime_ns;
+        if kind == FileType::RegularFile
+            && let Some(staged) = locked(&self.staged).get(&ino).cloned()
+        {
+            size = staged.len();
+            let state = staged.lock();
+            mode = state.entry.mode;
+            mtime_ns = state.entry.mtime_ns;
+        }
+        if kind == FileType::Directory
+            && let Some(meta) = locked(&self.dir_meta).get(&ino)
+        {
+            mode = meta.mode;
+            mtime_ns = meta.mtime_ns;
+        }
+        let mtime = time_of_ns(mtime_ns);
+        let ctime = UNIX_EPOCH + Duration::from_millis(entry.ctime_ms);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: ctime.max(mtime),
+            crtime: mtime,
+            kind,
+            perm: (mode & 0o7777) as u16,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    /// The parent's cap and the name of `ino`.
+    async fn place(&self, ino: u64) -> Result<(u64, DirCap, String), NodeError> {
+        let inode = locked(&self.inodes)
+            .get(ino)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("inode {ino}")))?;
+        let parent = self.dir_cap(inode.parent).await?;
+        Ok((inode.parent, parent, inode.name))
+    }
+
+    /// The entry of `ino` as its parent lists it.
+    async fn stat(&self, ino: u64) -> Result<FileAttr, NodeError> {
+        if ino == ROOT {
+            return Ok(self.root_attr());
+        }
+        let (_, parent, name) = self.place(ino).await?;
+        let entry = self
+            .entry(&parent, &name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+        Ok(self.attr(ino, &entry))
+    }
+
+    async fn lookup(&self, parent: u64, name: &str) -> Result<FileAttr, NodeError> {
+        let cap = self.dir_cap(parent).await?;
+        let entry = self
+            .entry(&cap, name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+        let ino = locked(&self.inodes).ensure(parent, name);
+        if entry.kind == "dir" {
+            // Resolved afresh: another writer may have replaced the directory.
+            let child = self.child_dir_cap(&cap, name).await?;
+            locked(&self.inodes).set_dir(ino, Some(child));
+        }
+        Ok(self.attr(ino, &entry))
+    }
+
+    async fn writable_dir(&self, ino: u64) -> Result<DirCap, NodeError> {
+        let cap = self.dir_cap(ino).await?;
+        if cap.write_cap().is_none() {
+            return Err(NodeError::ReadOnly(String::new()));
+        }
+        Ok(cap)
+    }
+
+    async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<FileAttr, NodeError> {
+        let cap = self.writable_dir(parent).await?;
+        let location = format!("{}/{name}", cap_text(&cap));
+        limited(self.node.mkdir(&location, false)).await?;
+        self.forget_listing(&cap);
+        let attr = self.lookup(parent, name).await?;
+        let mode = mode & 0o7777;
+        if mode != u32::from(attr.perm) {
+            locked(&self.dir_meta).insert(
+                attr.ino.0,
+                Meta {
+                    mode,
+                    mtime_ns: ns_of_time(attr.mtime),
+                },
+            );
+            return Ok(FileAttr {
+                perm: mode as u16,
+                ..attr
+            });
+        }
+        Ok(attr)
+    }
+
+    async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<FileAttr, NodeError> {
+        let cap = self.writable_dir(parent).await?;
+        let location = format!("{}/{name}", cap_text(&cap));
+        limited(self.node.symlink(target, &location)).await?;
+        self.forget_listing(&cap);
+        self.lookup(parent, name).await
+    }
+
+    async fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<(), NodeError> {
+        let cap = self.writable_dir(parent).await?;
+        let entry = self
+            .entry(&cap, name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+        let location = format!("{}/{name}", cap_text(&cap));
+        match (dir, entry.kind == "dir") {
+            (false, true) => return Err(NodeError::IsADirectory(name.to_owned())),
+            (true, false) => return Err(NodeError::NotADirectory(name.to_owned())),
+            (true, true) => {
+                let ino = locked(&self.inodes).ensure(parent, name);
+                let child = self.dir_cap(ino).await?;
+                if !self.listing(&child).await?.entries.is_empty() {
+                    return Err(NodeError::Invalid("directory not empty".into()));
+                }
+            }
+            (false, false) => {}
+        }
+        limited(self.node.rm(&location, dir)).await?;
+        self.forget_listing(&cap);
+        if let Some(ino) = locked(&self.inodes).unlink(parent, name)
+            && let Some(staged) = locked(&self.staged).get(&ino)
+        {
+            staged.forget();
+        }
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> Result<(), NodeError> {
+        let from_cap = self.writable_dir(parent).await?;
+        let to_cap = self.writable_dir(new_parent).await?;
+        let source = self
+            .entry(&from_cap, name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+        let to_location = format!("{}/{new_name}", cap_text(&to_cap));
+        if let Some(existing) = self.entry(&to_cap, new_name).await? {
+            if parent == new_parent && name == new_name {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(NodeError::AlreadyExists(new_name.to_owned()));
+            }
+            match (source.kind == "dir", existing.kind == "dir") {
+                (false, true) => return Err(NodeError::IsADirectory(new_name.to_owned())),
+                (true, false) => return Err(NodeError::NotADirectory(new_name.to_owned())),
+                (true, true) => {
+                    // rename(2) replaces an empty directory; `mv` would move into it.
+                    self.remove(new_parent, new_name, true).await?;
+                }
+                (false, false) => {}
+            }
+        }
+        let from_location = format!("{}/{name}", cap_text(&from_cap));
+        limited(self.node.mv(&from_location, &to_location)).await?;
+        self.forget_listing(&from_cap);
+        self.forget_listing(&to_cap);
+        let mut inodes = locked(&self.inodes);
+        if let Some(replaced) = inodes.child(new_parent, new_name)
+            && let Some(staged) = locked(&self.staged).get(&replaced)
+        {
+            staged.forget();
+        }
+        inodes.rename(parent, name, new_parent, new_name);
+        if let Some(ino) = inodes.child(new_parent, new_name)
+            && let Some(staged) = locked(&self.staged).get(&ino)
+        {
+            staged.lock().entry.location = Some(to_location);
+            if let Err(e) = staged.update_journal() {
+                debug!(error = %e, "could not update a staging journal entry");
+            }
+        }
+        Ok(())
+    }
+
+    /// The staged copy of file `ino`, made (from the file's bytes unless `truncate`) if there
+    /// is none. Counts one more writer when `writer`.
+    async fn stage(
+        &self,
+        ino: u64,
+        truncate: bool,
+        writer: bool,
+    ) -> Result<Arc<Staged>, NodeError> {
+        if let Some(staged) = locked(&self.staged).get(&ino).cloned() {
+            if writer {
+                staged.lock().writers += 1;
+            }
+            return Ok(staged);
+        }
+        let (_, parent, name) = self.place(ino).await?;
+        if parent.write_cap().is_none() {
+            return Err(NodeError::ReadOnly(name));
+        }
+        let entry = self
+            .entry(&parent, &name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+        if entry.kind != "file" {
+            return Err(NodeError::IsADirectory(name));
+        }
+        let location = format!("{}/{name}", cap_text(&parent));
+        let staged = Staged::create(
+            &self.staging_dir,
+            location.clone(),
+            Meta {
+                mode: entry.mode,
+                mtime_ns: entry.mtime_ns,
+            },
+        )?;
+        if !truncate && entry.size > 0 {
+            let cap = limited(self.node.resolve_file(&location)).await?;
+            let reader = limited(self.node.open_file(&cap)).await?;
+            let mut offset = 0u64;
+            while offset < reader.size() {
+                let part = limited(reader.read_at(offset, 4 << 20)).await?;
+                if part.is_empty() {
+                    break;
+                }
+                use std::os::unix::fs::FileExt;
+                staged
+                    .file
+                    .write_all_at(&part, offset)
+                    .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                offset += part.len() as u64;
+            }
+        }
+        let staged = Arc::new(staged);
+        let mut map = locked(&self.staged);
+        // Another open may have staged it meanwhile: use the one already there.
+        let staged = map.entry(ino).or_insert(staged).clone();
+        if writer {
+            staged.lock().writers += 1;
+        }
+        Ok(staged)
+    }
+
+    /// Uploads `staged` if changed; counts what was sent.
+    async fn upload(&self, staged: &Staged, parent_of: u64) -> Result<(), NodeError> {
+        let report: Option<PutReport> = staged.upload(&self.node).await?;
+        if let Some(report) = report {
+            self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .shares_sent
+                .fetch_add(report.shares_sent, Ordering::Relaxed);
+            self.stats
+                .bytes_sent
+                .fetch_add(report.bytes_sent, Ordering::Relaxed);
+            info!(
+                size = report.size,
+                shares_sent = report.shares_sent,
+                bytes_sent = report.bytes_sent,
+                "uploaded a file written through the mount"
+            );
+            if let Ok(cap) = self.dir_cap(parent_of).await {
+                self.forget_listing(&cap);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upload_ino(&self, ino: u64) -> Result<(), NodeError> {
+        let Some(staged) = locked(&self.staged).get(&ino).cloned() else {
+            return Ok(());
+        };
+        let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
+        self.upload(&staged, parent).await
+    }
+
+    /// One writer of `ino` closed: the last one uploads and drops the staged copy.
+    async fn release_writer(&self, ino: u64) -> Result<(), NodeError> {
+        let Some(staged) = locked(&self.staged).get(&ino).cloned() else {
+            return Ok(());
+        };
+        let last = {
+            let mut state = staged.lock();
+            state.writers = state.writers.saturating_sub(1);
+            state.writers == 0
+        };
+        if !last {
+            return Ok(());
+        }
+        let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
+        let result = self.upload(&staged, parent).await;
+        let mut map = locked(&self.staged);
+        if staged.lock().writers == 0 {
+            map.remove(&ino);
+            staged.discard();
+        }
+        result
+    }
+
+    async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<(FileAttr, u64), NodeError> {
+        let cap = self.writable_dir(parent).await?;
+        let location = format!("{}/{name}", cap_text(&cap));
+        let meta = Meta {
+            mode: mode & 0o7777,
+            mtime_ns: now_ns(),
+        };
+        let empty = limited(
+            self.node
+                .put(std::io::Cursor::new(Vec::new()), Default::default()),
+        )
+        .await?;
+        let file = cairn_dir::FileRef::new(empty.cap.parse()?)
+            .ok_or_else(|| NodeError::Invalid("empty file cap".into()))?;
+        limited(
+            self.node
+                .link(&location, cairn_dir::Content::File { file, meta }, false),
+        )
+        .await?;
+        self.forget_listing(&cap);
+        let ino = locked(&self.inodes).ensure(parent, name);
+        let staged = Arc::new(Staged::create(&self.staging_dir, location, meta)?);
+        staged.lock().writers = 1;
+        locked(&self.staged).insert(ino, staged);
+        let attr = self.lookup(parent, name).await?;
+        Ok((attr, ino))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<TimeOrNow>,
+        atime_only: bool,
+    ) -> Result<FileAttr, NodeError> {
+        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+            return Err(NodeError::NotAllowed("chown"));
+        }
+        let mtime_ns = mtime.map(|t| match t {
+            TimeOrNow::Now => now_ns(),
+            TimeOrNow::SpecificTime(t) => ns_of_time(t),
+        });
+        if mode.is_none() && size.is_none() && mtime_ns.is_none() {
+            // chown to the owner, or atime only: nothing stored changes.
+            let _ = atime_only;
+            return self.stat(ino).await;
+        }
+        if self.read_only {
+            return Err(NodeError::ReadOnly(String::new()));
+        }
+        let current = self.stat(ino).await?;
+        match current.kind {
+            FileType::Directory => {
+                if size.is_some() {
+                    return Err(NodeError::IsADirectory(String::new()));
+                }
+                if ino != ROOT {
+                    let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
+                    self.writable_dir(parent).await?;
+                }
+                let mut dir_meta = locked(&self.dir_meta);
+                let meta = dir_meta.entry(ino).or_insert(Meta {
+                    mode: u32::from(current.perm),
+                    mtime_ns: ns_of_time(current.mtime),
+                });
+                if let Some(m) = mode {
+                    meta.mode = m & 0o7777;
+                }
+                if let Some(t) = mtime_ns {
+                    meta.mtime_ns = t;
+                }
+            }
+            FileType::Symlink => {
+                if let Some(t) = mtime_ns {
+                    let (_, parent, name) = self.place(ino).await?;
+                    let entry = self
+                        .entry(&parent, &name)
+                        .await?
+                        .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+                    let content = cairn_dir::Content::Symlink {
+                        target: entry.target.unwrap_or_default(),
+                        meta: Meta {
+                            mode: entry.mode,
+                            mtime_ns: t,
+                        },
+                    };
+                    let location = format!("{}/{name}", cap_text(&parent));
+                    limited(self.node.link(&location, content, true)).await?;
+                    self.forget_listing(&parent);
+                }
+            }
+            _ => {
+                let open = locked(&self.staged).get(&ino).cloned();
+                match (open, size) {
+                    (Some(staged), _) => {
+                        if let Some(size) = size {
+                            staged
+                                .file
+                                .set_len(size)
+                                .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                        }
+                        if let Some(m) = mode {
+                            staged.lock().entry.mode = m & 0o7777;
+                        }
+                        staged.mark_dirty(mtime_ns.or(size.map(|_| now_ns())))?;
+                    }
+                    (None, Some(size)) => {
+                        let staged = self.stage(ino, size == 0, true).await?;
+                        staged
+                            .file
+                            .set_len(size)
+                            .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                        if let Some(m) = mode {
+                            staged.lock().entry.mode = m & 0o7777;
+                        }
+                        staged.mark_dirty(Some(mtime_ns.unwrap_or_else(now_ns)))?;
+                        self.release_writer(ino).await?;
+                    }
+                    (None, None) => {
+                        let (_, parent, name) = self.place(ino).await?;
+                        let location = format!("{}/{name}", cap_text(&parent));
+                        let entry = self
+                            .entry(&parent, &name)
+                            .await?
+                            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+                        let cap = limited(self.node.resolve_file(&location)).await?;
+                        let file = cairn_dir::FileRef::new(cap)
+                            .ok_or_else(|| NodeError::Invalid("not a file cap".into()))?;
+                        let meta = Meta {
+                            mode: mode.map_or(entry.mode, |m| m & 0o7777),
+                            mtime_ns: mtime_ns.unwrap_or(entry.mtime_ns),
+                        };
+                        let content = cairn_dir::Content::File { file, meta };
+                        limited(self.node.link(&location, content, true)).await?;
+                        self.forget_listing(&parent);
+                    }
+                }
+            }
+        }
+        self.stat(ino).await
+    }
+
+    async fn open(&self, ino: u64, flags: i32) -> Result<u64, NodeError> {
+        let access = flags & libc::O_ACCMODE;
+        let write = access == libc::O_WRONLY || access == libc::O_RDWR;
+        let attr = self.stat(ino).await?;
+        if attr.kind == FileType::Directory {
+            return Err(NodeError::IsADirectory(String::new()));
+        }
+        let mut reader = None;
+        if write {
+            if self.read_only {
+                return Err(NodeError::ReadOnly(String::new()));
+            }
+            let truncate = flags & libc::O_TRUNC != 0;
+            let staged = self.stage(ino, truncate, true).await?;
+            if truncate && staged.len() > 0 {
+                staged
+                    .file
+                    .set_len(0)
+                    .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                staged.mark_dirty(Some(now_ns()))?;
+            }
+        } else if !locked(&self.staged).contains_key(&ino) {
+            let (_, parent, name) = self.place(ino).await?;
+            let location = format!("{}/{name}", cap_text(&parent));
+            let cap = limited(self.node.resolve_file(&location)).await?;
+            reader = Some(limited(self.node.open_file(&cap)).await?);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        locked(&self.handles).insert(
+            fh,
+            Handle::File {
+                ino,
+                write,
+                append: flags & libc::O_APPEND != 0,
+                reader,
+                next: 0,
+            },
+        );
+        Ok(fh)
+    }
+
+    async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, NodeError> {
+        let (ino, reader, sequential) = {
+            let mut handles = locked(&self.handles);
+            match handles.get_mut(&fh) {
+                Some(Handle::File {
+                    ino, reader, next, ..
+                }) => {
+                    let sequential = *next == offset;
+                    *next = offset + u64::from(size);
+                    (*ino, reader.clone(), sequential)
+                }
+                _ => return Err(NodeError::Invalid("bad file handle".into())),
+            }
+        };
+        if let Some(staged) = locked(&self.staged).get(&ino).cloned() {
+            return staged
+                .read_at(offset, size as usize)
+                .map_err(|e| NodeError::io(&self.staging_dir, e));
+        }
+        let reader = match reader {
+            Some(r) => r,
+            None => {
+                // Opened for writing, and the staged copy is gone (uploaded by another
+                // handle's close): read what was linked.
+                let (_, parent, name) = self.place(ino).await?;
+                let location = format!("{}/{name}", cap_text(&parent));
+                let cap = limited(self.node.resolve_file(&location)).await?;
+                let reader = limited(self.node.open_file(&cap)).await?;
+                if let Some(Handle::File { reader: slot, .. }) = locked(&self.handles).get_mut(&fh)
+                {
+                    *slot = Some(reader.clone());
+                }
+                reader
+            }
+        };
+        if sequential {
+            reader.prefetch(offset + u64::from(size), READ_AHEAD);
+        }
+        let data = limited(reader.read_at(offset, size as usize)).await?;
+        Ok(data.to_vec())
+    }
+
+    fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, NodeError> {
+        let (ino, append) = match locked(&self.handles).get(&fh) {
+            Some(Handle::File {
+                ino,
+                write: true,
+                append,
+                ..
+            }) => (*ino, *append),
+            _ => return Err(NodeError::Invalid("not open for writing".into())),
+        };
+        let staged = locked(&self.staged)
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| NodeError::Invalid("no staged copy".into()))?;
+        let offset = if append { staged.len() } else { offset };
+        use std::os::unix::fs::FileExt;
+        staged
+            .file
+            .write_all_at(data, offset)
+            .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+        staged.mark_dirty(Some(now_ns()))?;
+        Ok(data.len() as u32)
+    }
+
+    fn handle_ino(&self, fh: u64) -> Option<(u64, bool)> {
+        match locked(&self.handles).get(&fh) {
+            Some(Handle::File { ino, write, .. }) => Some((*ino, *write)),
+            _ => None,
+        }
+    }
+
+    async fn opendir(&self, ino: u64) -> Result<u64, NodeError> {
+        let cap = self.dir_cap(ino).await?;
+        let listing = self.listing(&cap).await?;
+        let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
+        let mut entries = vec![
+            (ino, FileType::Directory, ".".to_owned()),
+            (parent, FileType::Directory, "..".to_owned()),
+        ];
+        {
+            let mut inodes = locked(&self.inodes);
+            for e in &listing.entries {
+                let child = inodes.ensure(ino, &e.name);
+                entries.push((child, kind_of(e), e.name.clone()));
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        locked(&self.handles).insert(fh, Handle::Dir { entries });
+        Ok(fh)
+    }
+
+    async fn statfs(&self) -> Result<(u64, u64), NodeError> {
+        let status = limited(self.node.status()).await?;
+        Ok((status.storage.offered_bytes, status.storage.used_bytes))
+    }
+
+    /// A change of `slot` was pushed from the grid: drop the cached listing and tell the
+    /// kernel which names and files changed.
+    pub(crate) async fn changed(&self, slot: SlotId) {
+        let old = locked(&self.listings).remove(&slot).map(|(_, l)| l);
+        let dirs = locked(&self.inodes).dirs_of_slot(&slot);
+        let Some(notifier) = self.notifier.get() else {
+            return;
+        };
+        for dir in dirs {
+            let Ok(cap) = self.dir_cap(dir).await else {
+                continue;
+            };
+            let new = self.listing(&cap).await.ok();
+            let children = locked(&self.inodes).children(dir);
+            for (name, child) in children {
+                let before = old
+                    .as_ref()
+                    .and_then(|l| l.entries.iter().find(|e| e.name == name));
+                let after = new
+                    .as_ref()
+                    .and_then(|l| l.entries.iter().find(|e| e.name == name));
+                if old.is_some() && before == after {
+                    continue;
+                }
+                let _ = notifier.inval_inode(INodeNo(child), 0, 0);
+                let _ = notifier.inval_entry(INodeNo(dir), OsStr::new(&name));
+            }
+            let _ = notifier.inval_inode(INodeNo(dir), 0, 0);
+        }
+    }
+}
+
+/// The fuser adapter: hands each request to a task on the node's runtime.
+pub(crate) struct CairnFs {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for CairnFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CairnFs").finish_non_exhaustive()
+    }
+}
+
+impl CairnFs {
+    fn run<F>(&self, f: impl FnOnce(Arc<Shared>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let fut = f(self.shared.clone());
+        self.runtime.spawn(fut);
+    }
+
+    fn refuse_if_read_only(&self) -> Result<(), Errno> {
+        if self.shared.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+macro_rules! name_or_reply {
+    ($name:expr, $reply:expr) => {
+        match name_of($name) {
+            Ok(n) => n.to_owned(),
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl Filesystem for CairnFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_or_reply!(name, reply);
+        self.run(|s| async move {
+            match s.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&LISTING_TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.run(|s| async move {
+            match s.stat(ino.0).await {
+                Ok(attr) => reply.attr(&LISTING_TTL, &attr),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.run(|s| async move {
+            let result = s
+                .setattr(ino.0, mode, uid, gid, size, mtime, atime.is_some())
+                .await;
+            match result {
+                Ok(attr) => reply.attr(&LISTING_TTL, &attr),
+                Err(NodeError::NotAllowed(_)) => reply.error(Errno::EPERM),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(|s| async move {
+            let result = async {
+                let (_, parent, name) = s.place(ino.0).await?;
+                let entry = s
+                    .entry(&parent, &name)
+                    .await?
+                    .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+                entry
+                    .target
+                    .ok_or_else(|| NodeError::Invalid("not a symlink".into()))
+            }
+            .await;
+            match result {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Devices, fifos and sockets have no place on the grid; regular files come by create.
+        reply.error(if self.shared.read_only {
+            Errno::EROFS
+        } else {
+            Errno::EPERM
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(name, reply);
+        self.run(|s| async move {
+            match s.mkdir(parent.0, &name, mode & !umask).await {
+                Ok(attr) => reply.entry(&LISTING_TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(name, reply);
+        self.run(|s| async move {
+            match s.remove(parent.0, &name, false).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(name, reply);
+        self.run(|s| async move {
+            match s.remove(parent.0, &name, true).await {
+                Ok(()) => reply.ok(),
+                Err(NodeError::Invalid(m)) if m == "directory not empty" => {
+                    reply.error(Errno::ENOTEMPTY)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(link_name, reply);
+        let Some(target) = target.to_str().map(str::to_owned) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.run(|s| async move {
+            match s.symlink(parent.0, &name, &target).await {
+                Ok(attr) => reply.entry(&LISTING_TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(name, reply);
+        let newname = name_or_reply!(newname, reply);
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        self.run(|s| async move {
+            match s
+                .rename(parent.0, &name, newparent.0, &newname, no_replace)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(NodeError::Invalid(m)) if m == "directory not empty" => {
+                    reply.error(Errno::ENOTEMPTY)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // Hard links are not supported: an entry is one name (docs/specs/mount.md).
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        let access = flags & libc::O_ACCMODE;
+        if access != libc::O_RDONLY && self.shared.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        self.run(|s| async move {
+            match s.open(ino.0, flags).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(|s| async move {
+            match s.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        // A local pwrite into the staging file: done here, no grid involved.
+        match self.shared.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let Some((ino, true)) = self.shared.handle_ino(fh.0) else {
+            return reply.ok();
+        };
+        self.run(|s| async move {
+            match s.upload_ino(ino).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = locked(&self.shared.handles).remove(&fh.0);
+        let Some(Handle::File {
+            ino, write: true, ..
+        }) = handle
+        else {
+            return reply.ok();
+        };
+        self.run(|s| async move {
+            match s.release_writer(ino).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(|s| async move {
+            match s.upload_ino(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(|s| async move {
+            match s.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handles = locked(&self.shared.handles);
+        let Some(Handle::Dir { entries }) = handles.get(&fh.0) else {
+            drop(handles);
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        drop(handles);
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        locked(&self.shared.handles).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every directory change is published to its holders before the call that made it
+        // returns: nothing is left to sync.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run(|s| async move {
+            match s.statfs().await {
+                Ok((offered, used)) => {
+                    let bsize = 4096u64;
+                    let blocks = offered / bsize;
+                    let free = offered.saturating_sub(used) / bsize;
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        1 << 32,
+                        1 << 32,
+                        bsize as u32,
+                        cairn_dir::MAX_NAME_LEN as u32,
+                        bsize as u32,
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.refuse_if_read_only() {
+            return reply.error(e);
+        }
+        let name = name_or_reply!(name, reply);
+        self.run(|s| async move {
+            match s.create(parent.0, &name, mode & !umask).await {
+                Ok((attr, ino)) => {
+                    let fh = s.next_fh.fetch_add(1, Ordering::Relaxed);
+                    locked(&s.handles).insert(
+                        fh,
+                        Handle::File {
+                            ino,
+                            write: true,
+                            append: flags & libc::O_APPEND != 0,
+                            reader: None,
+                            next: 0,
+                        },
+                    );
+                    reply.created(
+                        &LISTING_TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
