@@ -147,6 +147,9 @@ pub fn messages() -> Vec<(&'static str, Vec<Vec<u8>>)> {
             roots: vec![root, ShareRoot::from_bytes([9; 32])],
         },
         Request::Roster { entries: roster() },
+        Request::Revocations {
+            revocations: vec![grid_key().revoke(NodeId::from_bytes([0x33; 32]), 1_800_000_000)],
+        },
     ];
     let mut responses = vec![
         Response::Stored { already: false },
@@ -158,6 +161,9 @@ pub fn messages() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         Response::NotFound,
         Response::Held(vec![vec![0, 1, 4], vec![]]),
         Response::Roster(roster()),
+        Response::Revocations(vec![
+            grid_key().revoke(NodeId::from_bytes([0x33; 32]), 1_800_000_000),
+        ]),
     ];
     for r in [
         Refusal::Full,
@@ -165,6 +171,8 @@ pub fn messages() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         Refusal::BadRequest,
         Refusal::Internal,
         Refusal::NotStorage,
+        Refusal::InvalidVersion,
+        Refusal::BadLease,
     ] {
         responses.push(Response::Refused(r));
     }

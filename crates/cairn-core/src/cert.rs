@@ -14,6 +14,10 @@ use crate::id::{GridId, NodeId};
 
 /// Domain separation for the bytes a grid key signs.
 const CERT_CONTEXT: &[u8] = b"cairn-member-cert-v1";
+/// Domain separation for a revocation's signed bytes.
+const REVOCATION_CONTEXT: &[u8] = b"cairn-revocation-v1";
+/// Current revocation format version.
+pub const REVOCATION_VERSION: u8 = 1;
 
 /// Current certificate format version.
 pub const CERT_VERSION: u8 = 1;
@@ -159,6 +163,18 @@ impl GridKey {
         let signature = self.0.sign(&body.signed_bytes());
         MemberCert { body, signature }
     }
+
+    /// Signs the statement that `node` is no longer a member, as of `revoked_at`.
+    pub fn revoke(&self, node: NodeId, revoked_at: u64) -> Revocation {
+        let body = RevocationBody {
+            version: REVOCATION_VERSION,
+            grid: self.grid_id(),
+            node,
+            revoked_at,
+        };
+        let signature = self.0.sign(&body.signed_bytes());
+        Revocation { body, signature }
+    }
 }
 
 impl fmt::Debug for GridKey {
@@ -267,9 +283,83 @@ impl MemberCert {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RevocationBody {
+    version: u8,
+    grid: GridId,
+    node: NodeId,
+    revoked_at: u64,
+}
+
+impl RevocationBody {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = REVOCATION_CONTEXT.to_vec();
+        out.push(self.version);
+        out.extend_from_slice(self.grid.as_bytes());
+        out.extend_from_slice(self.node.as_bytes());
+        out.extend_from_slice(&self.revoked_at.to_le_bytes());
+        out
+    }
+}
+
+/// A grid key's signature stating that a node is no longer a member: every certificate naming
+/// that node is refused from then on. Members pass revocations on to each other, so one
+/// admin's `cairn revoke` reaches the whole grid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    body: RevocationBody,
+    signature: Signature,
+}
+
+impl Revocation {
+    /// The node revoked.
+    pub fn node(&self) -> NodeId {
+        self.body.node
+    }
+
+    /// When the admin revoked it, unix seconds.
+    pub fn revoked_at(&self) -> u64 {
+        self.body.revoked_at
+    }
+
+    /// Checks that the grid key of `grid` signed this revocation.
+    pub fn verify(&self, grid: &GridId) -> Result<(), CertError> {
+        if self.body.version != REVOCATION_VERSION {
+            return Err(CertError::UnsupportedVersion(self.body.version));
+        }
+        if self.body.grid != *grid {
+            return Err(CertError::WrongGrid {
+                expected: *grid,
+                got: self.body.grid,
+            });
+        }
+        let key = VerifyingKey::from_bytes(grid.as_bytes()).map_err(|_| CertError::BadGridKey)?;
+        key.verify_strict(&self.body.signed_bytes(), &self.signature)
+            .map_err(|_| CertError::BadSignature)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_verifies_only_under_its_grid_and_unaltered() {
+        let key = grid_key(1);
+        let revocation = key.revoke(node(2), 1234);
+        assert_eq!(revocation.verify(&key.grid_id()), Ok(()));
+        assert_eq!(revocation.node(), node(2));
+        assert!(matches!(
+            revocation.verify(&grid_key(9).grid_id()),
+            Err(CertError::WrongGrid { .. })
+        ));
+        let mut forged = grid_key(9).revoke(node(2), 1234);
+        forged.body.grid = key.grid_id();
+        assert_eq!(forged.verify(&key.grid_id()), Err(CertError::BadSignature));
+        let mut altered = revocation.clone();
+        altered.body.node = node(3);
+        assert_eq!(altered.verify(&key.grid_id()), Err(CertError::BadSignature));
+    }
 
     fn grid_key(seed: u8) -> GridKey {
         GridKey::from_bytes(&[seed; 32])

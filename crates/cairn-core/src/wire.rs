@@ -22,7 +22,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::Encoding;
-use crate::cert::MemberCert;
+use crate::cert::{MemberCert, Revocation};
 use crate::id::{GridId, NodeId, ShareRoot, SlotId, VersionId};
 
 /// The member protocol.
@@ -41,6 +41,8 @@ pub const MAX_HELD_QUERY: usize = 1024;
 pub const MAX_SHARE_BATCH: usize = 1024;
 /// The largest roster a message may carry.
 pub const MAX_ROSTER: usize = 4096;
+/// The most revocations in one message.
+pub const MAX_REVOCATIONS: usize = 4096;
 /// The most slots one [`Request::Watch`] may name.
 pub const MAX_WATCH: usize = 1024;
 /// The most version ids a [`Request::GetVersions`] may list as already held, and the most
@@ -210,6 +212,13 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         version: Vec<u8>,
     },
+    /// "Here are the revocations I know; answer with yours." Answered by
+    /// [`Response::Revocations`].
+    Revocations {
+        /// Revocations signed by the grid key (at most [`MAX_REVOCATIONS`]).
+        #[serde(deserialize_with = "bounded::revocations")]
+        revocations: Vec<Revocation>,
+    },
 }
 
 /// One share of a [`Request::PutShares`].
@@ -299,6 +308,9 @@ impl fmt::Debug for Request {
                 write!(f, "Watch({} slots, {ttl_secs} s)", slots.len())
             }
             Request::Changed { version } => write!(f, "Changed({} B)", version.len()),
+            Request::Revocations { revocations } => {
+                write!(f, "Revocations({})", revocations.len())
+            }
         }
     }
 }
@@ -384,6 +396,8 @@ pub enum Response {
         /// Seconds granted.
         ttl_secs: u32,
     },
+    /// Every revocation the answering node knows.
+    Revocations(#[serde(deserialize_with = "bounded::revocations")] Vec<Revocation>),
 }
 
 impl fmt::Debug for Response {
@@ -413,6 +427,7 @@ impl fmt::Debug for Response {
                 s.iter().flatten().count()
             ),
             Response::Watching { ttl_secs } => write!(f, "Watching({ttl_secs} s)"),
+            Response::Revocations(r) => write!(f, "Revocations({})", r.len()),
         }
     }
 }
@@ -486,8 +501,8 @@ mod bounded {
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
     use super::{
-        FoundShare, MAX_ADDRS, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, MAX_VERSIONS,
-        MAX_WATCH, PutAnswer, RosterEntry, ShareItem,
+        FoundShare, MAX_ADDRS, MAX_HELD_QUERY, MAX_REVOCATIONS, MAX_ROSTER, MAX_SHARE_BATCH,
+        MAX_VERSIONS, MAX_WATCH, PutAnswer, Revocation, RosterEntry, ShareItem,
     };
     use crate::id::{ShareRoot, SlotId, VersionId};
 
@@ -551,6 +566,12 @@ mod bounded {
 
     pub(super) fn roster<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RosterEntry>, D::Error> {
         vec::<D, RosterEntry, MAX_ROSTER>(d)
+    }
+
+    pub(super) fn revocations<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Revocation>, D::Error> {
+        vec::<D, Revocation, MAX_REVOCATIONS>(d)
     }
 
     pub(super) fn share_items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ShareItem>, D::Error> {
@@ -643,6 +664,9 @@ impl Bounded for Request {
                 bound(shares.len() <= MAX_SHARE_BATCH, "too many shares")
             }
             Request::Watch { slots, .. } => bound(slots.len() <= MAX_WATCH, "too many slots"),
+            Request::Revocations { revocations } => {
+                bound(revocations.len() <= MAX_REVOCATIONS, "too many revocations")
+            }
             _ => Ok(()),
         }
     }
@@ -661,6 +685,7 @@ impl Bounded for Response {
             ),
             Response::StoredMany(a) => bound(a.len() <= MAX_SHARE_BATCH, "too many answers"),
             Response::Shares(s) => bound(s.len() <= MAX_SHARE_BATCH, "too many shares"),
+            Response::Revocations(r) => bound(r.len() <= MAX_REVOCATIONS, "too many revocations"),
             _ => Ok(()),
         }
     }

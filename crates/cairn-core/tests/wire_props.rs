@@ -8,13 +8,13 @@
 use std::fmt::Debug;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
-use cairn_core::cert::{GridKey, MemberCert, Roles};
+use cairn_core::cert::{GridKey, MemberCert, Revocation, Roles};
 use cairn_core::id::{GridId, NodeId, ShareRoot, SlotId};
 use cairn_core::wire::{
     self, Bounded, FoundShare, GridInfo, Hello, InviteCode, InviteError, JoinRefusal, JoinRequest,
-    JoinResponse, Lease, MAX_FRAME, MAX_HELD_QUERY, MAX_ROSTER, MAX_SHARE_BATCH, PROTOCOL_VERSION,
-    PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem, WireError, decode, encode_frame,
-    frame_len,
+    JoinResponse, Lease, MAX_FRAME, MAX_HELD_QUERY, MAX_REVOCATIONS, MAX_ROSTER, MAX_SHARE_BATCH,
+    PROTOCOL_VERSION, PutAnswer, Refusal, Request, Response, RosterEntry, ShareItem, WireError,
+    decode, encode_frame, frame_len,
 };
 use cairn_core::{Encoding, encode_blob};
 use data_encoding::HEXLOWER;
@@ -69,6 +69,12 @@ fn cert() -> impl Strategy<Value = MemberCert> {
             GridKey::from_bytes(&[key; 32]).issue(node, roles, issued, expires)
         },
     )
+}
+
+/// A revocation really signed by one of four grid keys.
+fn revocation() -> impl Strategy<Value = Revocation> {
+    (0u8..4, node_id(), any::<u64>())
+        .prop_map(|(key, node, at)| GridKey::from_bytes(&[key; 32]).revoke(node, at))
 }
 
 fn roster_entry() -> impl Strategy<Value = RosterEntry> {
@@ -134,6 +140,7 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         bytes(3000).prop_map(|version| Request::Changed { version }),
+        vec(revocation(), 0..4).prop_map(|revocations| Request::Revocations { revocations }),
     ]
 }
 
@@ -162,6 +169,8 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         Just(Refusal::BadRequest),
         Just(Refusal::Internal),
         Just(Refusal::NotStorage),
+        Just(Refusal::InvalidVersion),
+        Just(Refusal::BadLease),
     ]
 }
 
@@ -181,6 +190,7 @@ fn response() -> impl Strategy<Value = Response> {
             0..8
         )
         .prop_map(Response::Shares),
+        vec(revocation(), 0..4).prop_map(Response::Revocations),
     ]
 }
 
@@ -574,6 +584,25 @@ fn rosters_are_bounded() {
 }
 
 #[test]
+fn revocation_lists_are_bounded() {
+    let one = GridKey::from_bytes(&[1; 32]).revoke(NodeId::from_bytes([2; 32]), 7);
+    for n in [MAX_REVOCATIONS, MAX_REVOCATIONS + 1] {
+        let list = vec![one.clone(); n];
+        let request = encode_frame(&Request::Revocations {
+            revocations: list.clone(),
+        });
+        let response = encode_frame(&Response::Revocations(list));
+        if n == MAX_REVOCATIONS {
+            assert!(decode::<Request>(&request[4..]).is_ok());
+            assert!(decode::<Response>(&response[4..]).is_ok());
+        } else {
+            refused::<Request>(&request);
+            refused::<Response>(&response);
+        }
+    }
+}
+
+#[test]
 fn inverted_ranges_are_refused_and_empty_ranges_are_not() {
     let get = |range| Request::GetShare {
         root: ShareRoot::from_bytes([1; 32]),
@@ -768,6 +797,25 @@ fn golden_frames() {
             }),
             // length 5; variant 9; three bytes
             "050000000903010203",
+        ),
+        (
+            "Request::Revocations([])",
+            hex_frame(&Request::Revocations {
+                revocations: vec![],
+            }),
+            // length 2; variant 10; none
+            "020000000a00",
+        ),
+        (
+            "Response::Revocations([])",
+            hex_frame(&Response::Revocations(vec![])),
+            // length 2; variant 10; none
+            "020000000a00",
+        ),
+        (
+            "Response::Refused(BadLease)",
+            hex_frame(&Response::Refused(Refusal::BadLease)),
+            "020000000506",
         ),
         (
             "Response::Watching",

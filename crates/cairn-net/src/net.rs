@@ -5,7 +5,7 @@
 //! the same peer from many tasks at once makes one connection. Inbound connections each run in
 //! a task of the router; each request stream in a task of its own, bounded per connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_core::cert::MemberCert;
+use cairn_core::cert::{CertError, MemberCert};
 use cairn_core::id::{GridId, NodeId};
 use cairn_core::wire::{
     ALPN, Hello, InviteCode, JOIN_ALPN, JoinRequest, JoinResponse, MAX_FRAME, MAX_HANDSHAKE_FRAME,
@@ -114,6 +114,8 @@ struct Shared {
     service: Arc<dyn ShareService>,
     conns: Mutex<HashMap<NodeId, ConnSlot>>,
     counters: Mutex<HashMap<NodeId, PeerCounters>>,
+    /// Nodes the grid's admins revoked: refused at the handshake, cut off mid-connection.
+    revoked: Mutex<HashSet<NodeId>>,
 }
 
 /// A node's network endpoint. Clone to share.
@@ -203,6 +205,7 @@ impl Net {
             service,
             conns: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashSet::new()),
         });
         let mut router = Router::builder(endpoint).accept(
             ALPN,
@@ -228,6 +231,27 @@ impl Net {
     /// socket is bound to an unspecified address, the interface addresses iroh found.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.shared.advertised_addrs()
+    }
+
+    /// Refuses `node` from now on: its handshakes fail, open connections to it are closed, and
+    /// requests it sends on a connection already open are not served.
+    pub fn revoke(&self, node: NodeId) {
+        self.shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node);
+        let slot = self.slot(node);
+        if let Ok(mut slot) = slot.try_lock()
+            && let Some(conn) = slot.conn.take()
+        {
+            conn.close(CLOSE_NOT_MEMBER.into(), b"revoked");
+        }
+    }
+
+    /// Whether `node` was revoked.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.shared.is_revoked(node)
     }
 
     /// Bytes exchanged with each peer so far.
@@ -293,6 +317,12 @@ impl Net {
 
     /// The open connection to `peer`, dialling and shaking hands if there is none.
     async fn connection(&self, peer: NodeId, addrs: &[SocketAddr]) -> Result<Connection, NetError> {
+        if self.shared.is_revoked(&peer) {
+            return Err(NetError::NotMember {
+                peer,
+                source: CertError::Revoked(peer),
+            });
+        }
         let slot = self.slot(peer);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.conn.as_ref()
@@ -362,10 +392,7 @@ impl Net {
                 }
             };
         let shared = &self.shared;
-        if let Err(source) = theirs
-            .cert
-            .verify(&shared.membership.grid, &peer, now_secs())
-        {
+        if let Err(source) = shared.check_cert(&theirs.cert, &peer) {
             warn!(peer = %peer.fmt_short(), error = %source, "refusing peer: certificate check failed");
             conn.close(CLOSE_NOT_MEMBER.into(), b"not a member of this grid");
             return Err(NetError::NotMember { peer, source });
@@ -469,6 +496,23 @@ impl Shared {
         conns.entry(peer).or_default().clone()
     }
 
+    fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
+    }
+
+    /// The handshake's check of a peer's certificate: valid for this grid and `peer`, and
+    /// `peer` not revoked.
+    fn check_cert(&self, cert: &MemberCert, peer: &NodeId) -> Result<(), CertError> {
+        cert.verify(&self.membership.grid, peer, now_secs())?;
+        if self.is_revoked(peer) {
+            return Err(CertError::Revoked(*peer));
+        }
+        Ok(())
+    }
+
     /// A peer that just connected to us is up: forget an earlier failed dial.
     fn peer_is_up(&self, peer: NodeId) {
         if let Ok(mut slot) = self.slot(peer).try_lock() {
@@ -515,10 +559,7 @@ impl MemberProtocol {
                     return None;
                 }
             };
-        if let Err(e) = hello
-            .cert
-            .verify(&shared.membership.grid, &peer, now_secs())
-        {
+        if let Err(e) = shared.check_cert(&hello.cert, &peer) {
             warn!(peer = %peer.fmt_short(), error = %e, "refusing peer: certificate check failed");
             conn.close(CLOSE_NOT_MEMBER.into(), b"not a member of this grid");
             return None;
@@ -547,6 +588,11 @@ impl ProtocolHandler for MemberProtocol {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return Ok(());
             };
+            if self.shared.is_revoked(&peer) {
+                warn!(peer = %peer.fmt_short(), "closing the connection of a revoked node");
+                conn.close(CLOSE_NOT_MEMBER.into(), b"revoked");
+                return Ok(());
+            }
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let _permit = permit;

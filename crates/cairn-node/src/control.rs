@@ -148,6 +148,11 @@ pub enum ControlRequest {
         /// Seconds it stays valid.
         ttl_secs: u64,
     },
+    /// Revoke a member (admin nodes only).
+    Revoke {
+        /// The node's id.
+        node: cairn_core::id::NodeId,
+    },
     /// Exchange rosters with every member now.
     Gossip,
     /// Stop the node.
@@ -373,6 +378,11 @@ async fn handle(
         ControlRequest::Invite { ttl_secs } => reply(
             node.create_invite(std::time::Duration::from_secs(ttl_secs))
                 .map(|c| c.to_string()),
+        ),
+        ControlRequest::Revoke { node: target } => reply(
+            node.revoke(target)
+                .await
+                .map(|r| serde_json::json!({ "node": r.node(), "revoked_at": r.revoked_at() })),
         ),
         ControlRequest::Gossip => {
             node.gossip_now().await;

@@ -26,6 +26,7 @@ mod node;
 mod put;
 mod read;
 mod report;
+mod revoke;
 pub mod setup;
 mod slots;
 mod tree;

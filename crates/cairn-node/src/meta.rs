@@ -1,9 +1,11 @@
-//! The node's own metadata in redb: the roster of members and the invites it issued (slot
-//! versions and frontiers live in the same database, see [`crate::slots`]).
+//! The node's own metadata in redb: the roster of members, the revocations it knows, and the
+//! invites it issued (slot versions and frontiers live in the same database, see
+//! [`crate::slots`]).
 
 use std::path::Path;
 
-use cairn_core::id::{GridId, NodeId};
+use cairn_core::cert::Revocation;
+use cairn_core::id::GridId;
 use cairn_core::wire::{JoinRefusal, RosterEntry};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,8 @@ use crate::NodeError;
 const ROSTER: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("roster");
 /// BLAKE3 of an invite secret -> postcard `InviteRecord`.
 const INVITES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("invites");
+/// Revoked node id -> postcard `Revocation` (signed by the grid key).
+const REVOKED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("revoked");
 
 #[derive(Serialize, Deserialize)]
 struct InviteRecord {
@@ -33,6 +37,7 @@ impl Meta {
         let txn = db.begin_write()?;
         txn.open_table(ROSTER)?;
         txn.open_table(INVITES)?;
+        txn.open_table(REVOKED)?;
         crate::slots::create_tables(&txn)?;
         txn.commit()?;
         Ok(Meta { db })
@@ -73,11 +78,35 @@ impl Meta {
         Ok(())
     }
 
-    /// Removes a member from the roster.
-    #[allow(dead_code)]
-    pub(crate) fn remove_member(&self, node: &NodeId) -> Result<(), NodeError> {
+    /// Every revocation the grid key signed (others are dropped).
+    pub(crate) fn revocations(&self, grid: &GridId) -> Result<Vec<Revocation>, NodeError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REVOKED)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, value) = row?;
+            if let Ok(revocation) = postcard::from_bytes::<Revocation>(value.value())
+                && revocation.verify(grid).is_ok()
+            {
+                out.push(revocation);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records revocations and removes their nodes from the roster, in one transaction.
+    pub(crate) fn put_revocations(&self, revocations: &[Revocation]) -> Result<(), NodeError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(ROSTER)?.remove(node.as_bytes())?;
+        {
+            let mut revoked = txn.open_table(REVOKED)?;
+            let mut roster = txn.open_table(ROSTER)?;
+            for revocation in revocations {
+                let bytes =
+                    postcard::to_stdvec(revocation).map_err(|e| NodeError::Db(e.to_string()))?;
+                revoked.insert(revocation.node().as_bytes(), bytes.as_slice())?;
+                roster.remove(revocation.node().as_bytes())?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_core::cert::Roles;
+use cairn_core::cert::{Revocation, Roles};
 use cairn_core::erasure::verify_header;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::wire::{
@@ -92,6 +92,8 @@ pub(crate) struct Inner {
     pub(crate) meta: Meta,
     pub(crate) dirs: crate::dirs::Dirs,
     roster: RwLock<BTreeMap<NodeId, RosterEntry>>,
+    /// Revoked nodes, each with the grid key's signed statement.
+    pub(crate) revoked: RwLock<BTreeMap<NodeId, Revocation>>,
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
     net: OnceLock<Net>,
     serve_delay: Mutex<Option<Duration>>,
@@ -147,6 +149,11 @@ impl Node {
             .into_iter()
             .map(|e| (e.cert.node(), e))
             .collect();
+        let revoked: BTreeMap<NodeId, Revocation> = meta
+            .revocations(&grid.grid)?
+            .into_iter()
+            .map(|r| (r.node(), r))
+            .collect();
         let serve_delay = std::env::var(SERVE_DELAY_ENV)
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
@@ -160,6 +167,7 @@ impl Node {
             meta,
             dirs: crate::dirs::Dirs::default(),
             roster: RwLock::new(roster),
+            revoked: RwLock::new(revoked),
             health: Mutex::new(HashMap::new()),
             net: OnceLock::new(),
             serve_delay: Mutex::new(serve_delay),
@@ -188,6 +196,9 @@ impl Node {
         )
         .await?;
         let addrs = net.local_addrs();
+        for node in inner.revoked_nodes() {
+            net.revoke(node);
+        }
         let _ = inner.net.set(net);
         let own = RosterEntry {
             cert: inner.keys.cert.clone(),
@@ -315,12 +326,21 @@ impl Inner {
         roster.values().cloned().collect()
     }
 
+    /// Drops `node` from the in-memory roster (the database row goes with its revocation).
+    pub(crate) fn forget_member(&self, node: &NodeId) {
+        let mut roster = self.roster.write().unwrap_or_else(|p| p.into_inner());
+        roster.remove(node);
+    }
+
     /// Adds entries signed by the grid key, keeping the newer announcement of each member.
     pub(crate) fn merge_roster(&self, entries: Vec<RosterEntry>) {
         let mut changed = Vec::new();
         {
             let mut roster = self.roster.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
+                if self.is_revoked(&entry.cert.node()) {
+                    continue;
+                }
                 if entry.cert.verify_signature(&self.grid.grid).is_err() {
                     warn!(node = %entry.cert.node().fmt_short(), "dropping roster entry with a bad certificate");
                     continue;
@@ -354,15 +374,25 @@ impl Inner {
     pub(crate) async fn gossip_round(self: &Arc<Self>) {
         let members = self.members();
         let entries = self.roster_entries();
+        let revocations = self.revocations();
         let mut set = JoinSet::new();
         for m in members.into_iter().filter(|m| m.id != self.id) {
             let inner = self.clone();
             let request = Request::Roster {
                 entries: entries.clone(),
             };
+            let revocations = revocations.clone();
             set.spawn(async move {
                 if let Ok(Response::Roster(theirs)) = inner.request(&m, &request).await {
                     inner.merge_roster(theirs);
+                }
+                // Members that know of revocations pass them on; the answer brings the
+                // receiver's.
+                if !revocations.is_empty() {
+                    let request = Request::Revocations { revocations };
+                    if let Ok(Response::Revocations(theirs)) = inner.request(&m, &request).await {
+                        inner.merge_revocations(theirs);
+                    }
                 }
             });
         }
@@ -511,6 +541,10 @@ impl Inner {
             Request::GetVersions { slot, have } => self.serve_get_versions(slot, have).await,
             Request::Watch { slots, ttl_secs } => self.serve_watch(peer, slots, ttl_secs),
             Request::Changed { version } => self.serve_changed(version),
+            Request::Revocations { revocations } => {
+                self.merge_revocations(revocations);
+                Response::Revocations(self.revocations())
+            }
         }
     }
 

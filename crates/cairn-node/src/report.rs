@@ -39,6 +39,9 @@ pub struct StatusReport {
     /// side), as last seen.
     #[serde(default)]
     pub conflicts: Vec<DirConflicts>,
+    /// Nodes revoked from the grid.
+    #[serde(default)]
+    pub revoked: Vec<NodeId>,
 }
 
 /// A directory with conflicting entries.
@@ -158,6 +161,7 @@ impl Node {
             },
             peers,
             conflicts: self.conflicts_seen(),
+            revoked: self.revoked(),
         })
     }
 

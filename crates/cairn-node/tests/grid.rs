@@ -311,6 +311,7 @@ impl ShareService for Liar {
                 }
                 Request::Watch { .. } => Response::Watching { ttl_secs: 1 },
                 Request::Changed { .. } => Response::Stored { already: true },
+                Request::Revocations { .. } => Response::Revocations(vec![]),
                 Request::GetVersions { .. } => Response::Versions {
                     versions: vec![serde_bytes::ByteBuf::from(random_bytes(3, 500))],
                     heads: vec![],
@@ -579,6 +580,101 @@ async fn a_lease_for_another_node_or_too_long_is_refused() {
             .await,
             Response::Refused(Refusal::BadLease)
         );
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+/// Whether `from` can get an answer from `to` at all.
+async fn answers(from: &cairn_node::Node, to: &cairn_node::Node) -> bool {
+    from.net()
+        .request(to.id(), &to.addrs(), &Request::HeldShares { roots: vec![] })
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_by_every_member_and_gets_no_shares() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        let gone = grid.node(4).id();
+        assert!(answers(grid.node(4), grid.node(1)).await, "a member before");
+
+        // Only an admin may revoke, and never itself.
+        let err = grid.node(1).revoke(gone).await.expect_err("not admin");
+        assert!(err.to_string().contains("grid key"), "{err}");
+        let err = grid
+            .node(0)
+            .revoke(grid.node(0).id())
+            .await
+            .expect_err("self");
+        assert!(err.to_string().contains("itself"), "{err}");
+
+        // A revocation signed by another key is dropped.
+        let forged = GridKey::from_bytes(&[9u8; 32]).revoke(grid.node(3).id(), now());
+        let answer = grid
+            .node(2)
+            .net()
+            .request(
+                grid.node(1).id(),
+                &grid.node(1).addrs(),
+                &Request::Revocations {
+                    revocations: vec![forged],
+                },
+            )
+            .await
+            .expect("answer");
+        assert_eq!(answer, Response::Revocations(vec![]));
+        assert!(answers(grid.node(3), grid.node(1)).await);
+
+        grid.node(0).revoke(gone).await.expect("revoke");
+        // The admin told every member at once: each refuses the revoked node, whose open
+        // connections are cut.
+        for i in 0..4 {
+            assert_eq!(grid.node(i).revoked(), vec![gone], "node {i} knows");
+            assert!(
+                !answers(grid.node(4), grid.node(i)).await,
+                "node {i} refuses it"
+            );
+        }
+        let before = grid
+            .node(1)
+            .net()
+            .counters()
+            .get(&gone)
+            .copied()
+            .unwrap_or_default();
+        assert!(!answers(grid.node(4), grid.node(1)).await);
+        let after = grid
+            .node(1)
+            .net()
+            .counters()
+            .get(&gone)
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(after.sent, before.sent, "nothing served to a revoked node");
+
+        // Placement passes it over: 3-of-5 on the 4 members left, none on the revoked node.
+        let held_before = grid.node(4).status().await.expect("status").storage.shares;
+        let report = put(&grid, 0, &random_bytes(11, 3 << 20)).await;
+        assert_eq!(
+            get(&grid, 1, &report.cap).await.expect("get").len(),
+            3 << 20
+        );
+        let held_after = grid.node(4).status().await.expect("status").storage.shares;
+        assert_eq!(held_after, held_before, "a share went to the revoked node");
+        let status = grid.node(2).status().await.expect("status");
+        assert!(
+            status.peers.iter().all(|p| p.id != gone),
+            "gone from the roster"
+        );
+        assert_eq!(status.revoked, vec![gone]);
+
+        // A restarted member remembers.
+        grid.restart(2).await;
+        assert_eq!(grid.node(2).revoked(), vec![gone]);
+        assert!(!answers(grid.node(4), grid.node(2)).await);
         grid.shutdown().await;
     })
     .await

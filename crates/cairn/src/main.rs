@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cairn_core::Encoding;
 use cairn_core::cap::Cap;
+use cairn_core::id::NodeId;
 use cairn_node::control::{ControlClient, ControlRequest, FileMeta};
 use cairn_node::setup::{self, InitOptions};
 use cairn_node::{CheckReport, Node, NodeDir, PutReport, StatusReport};
@@ -136,6 +137,15 @@ enum Command {
         /// Hours the code stays valid.
         #[arg(long, default_value_t = 24)]
         ttl_hours: u64,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Remove a member from the grid for good (admin nodes only): every member refuses it.
+    Revoke {
+        /// The node id to revoke (as `cairn status` prints it, in full).
+        node: String,
+        #[command(flatten)]
+        dir: DirArg,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -428,6 +438,17 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 outln!("{code}");
             }
+            Ok(())
+        }
+        Command::Revoke { node, dir, json } => {
+            let node: NodeId = node
+                .parse()
+                .with_context(|| format!("{node:?} is not a node id (64 hex characters)"))?;
+            let value = call(&dir.dir, &ControlRequest::Revoke { node }).await?;
+            if json.json {
+                return print_json(&value);
+            }
+            outln!("revoked {node}; members refuse it from their next gossip round");
             Ok(())
         }
         Command::Put {
@@ -878,6 +899,10 @@ fn print_status(s: &StatusReport) -> Result<()> {
             size::human(p.sent),
             size::human(p.received)
         );
+    }
+    if !s.revoked.is_empty() {
+        let ids: Vec<String> = s.revoked.iter().map(|id| id.fmt_short()).collect();
+        outln!("revoked   {}", ids.join(", "));
     }
     if !s.conflicts.is_empty() {
         outln!("conflicts (concurrent writes kept side by side; see `cairn ls -l`):");

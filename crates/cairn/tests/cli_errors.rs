@@ -416,3 +416,31 @@ fn cairn_env(args: &[&str], dir: &Path) -> Out {
         elapsed: started.elapsed(),
     }
 }
+
+/// `cairn revoke`: a bad id, the node itself, and a node without the grid key are clear
+/// errors; a revocation shows in `status`.
+#[test]
+fn revoke_errors_and_status() {
+    let env = Env::new();
+    let (a, _node) = single_node(&env);
+    let revoke = |node: &str| {
+        cairn([
+            OsStr::new("revoke"),
+            OsStr::new(node),
+            OsStr::new("--dir"),
+            a.as_os_str(),
+        ])
+    };
+    revoke("not-a-node").failure(&["not-a-node", "is not a node id"]);
+    let own = status_json(&a).expect("status")["node"]
+        .as_str()
+        .expect("node id")
+        .to_string();
+    revoke(&own).failure(&["cannot revoke itself"]);
+    let other = "ab".repeat(32);
+    revoke(&other).success();
+    let status = status_json(&a).expect("status");
+    assert_eq!(status["revoked"], serde_json::json!([other]));
+    let text = cairn([OsStr::new("status"), OsStr::new("--dir"), a.as_os_str()]).success();
+    assert!(text.stdout.contains("revoked   abababab"), "{text}");
+}
