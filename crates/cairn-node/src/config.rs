@@ -50,8 +50,8 @@ pub struct WebConfig {
     pub max_upload_bytes: u64,
     /// Whether `/metrics` answers without the API token.
     pub public_metrics: bool,
-    /// Minutes a download link made from a share link stays valid.
-    pub download_link_minutes: u64,
+    /// Seconds a download link (`/d/ID`, made from a share link or a cap) stays valid.
+    pub download_link_secs: u64,
     /// Hours a browser session lasts after login.
     pub session_hours: u64,
 }
@@ -66,7 +66,7 @@ impl Default for WebConfig {
             tls_key: None,
             max_upload_bytes: 16 * 1024 * 1024 * 1024,
             public_metrics: false,
-            download_link_minutes: 30,
+            download_link_secs: 30 * 60,
             session_hours: 12,
         }
     }

@@ -4,11 +4,11 @@
 //! in the JSON body (`{"cap": "cairn:...", "path": "/sub"}`) or the `X-Cairn-Cap` header. A
 //! path holding `..`, `.` or NUL is refused with 400 before the node sees it.
 
+use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use cairn_core::cap::Cap;
 use cairn_node::{CheckReport, LsReport, StatusReport};
 use serde::Deserialize;
@@ -143,7 +143,9 @@ pub(crate) async fn session(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = state.auth.caller(&headers)?;
     Ok(Json(match caller {
-        Caller::Token => serde_json::json!({ "kind": "token", "csrf": null, "node": state.node.id() }),
+        Caller::Token => {
+            serde_json::json!({ "kind": "token", "csrf": null, "node": state.node.id() })
+        }
         Caller::Session { csrf } => {
             serde_json::json!({ "kind": "session", "csrf": csrf, "node": state.node.id() })
         }
@@ -247,7 +249,9 @@ pub(crate) async fn rm(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let location = location(body.cap.as_deref(), &body.path)?;
     if location == "/" {
-        return Err(ApiError::bad_request("the root directory cannot be removed"));
+        return Err(ApiError::bad_request(
+            "the root directory cannot be removed",
+        ));
     }
     state.node.rm(&location, body.recursive).await?;
     Ok(Json(serde_json::json!({ "ok": true })))
@@ -425,6 +429,9 @@ mod tests {
             share_link("https://h:1", "cairn:x", "a b.txt"),
             "https://h:1/s#cairn:x&n=a%20b.txt"
         );
-        assert_eq!(share_link("https://h:1", "cairn:x", ""), "https://h:1/s#cairn:x");
+        assert_eq!(
+            share_link("https://h:1", "cairn:x", ""),
+            "https://h:1/s#cairn:x"
+        );
     }
 }

@@ -144,11 +144,7 @@ pub fn login_url(dir: &NodeDir) -> Result<String, WebError> {
     let token = random_hex();
     let name = blake3::hash(token.as_bytes()).to_hex().to_string();
     let expiry = now_secs() + LOGIN_TTL.as_secs();
-    write_file(
-        &logins.join(name),
-        format!("{expiry}\n").as_bytes(),
-        true,
-    )?;
+    write_file(&logins.join(name), format!("{expiry}\n").as_bytes(), true)?;
     Ok(format!("{url}/login#{token}"))
 }
 
@@ -347,9 +343,15 @@ mod tests {
         assert_eq!(err.status, axum::http::StatusCode::UNAUTHORIZED);
 
         let mut bearer = HeaderMap::new();
-        bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t0ken"));
+        bearer.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0ken"),
+        );
         assert!(auth.check(&Method::POST, &bearer).is_ok());
-        bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer nope"));
+        bearer.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
         assert!(auth.check(&Method::GET, &bearer).is_err());
     }
 

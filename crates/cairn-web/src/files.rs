@@ -9,7 +9,7 @@
 //! fetches only the chunks it touches and is answered 206. Every download is an attachment, its
 //! type guessed from the name, with `nosniff`. Files reached through a cap are downloaded
 //! through a ticket: `POST /api/download` (or the public `POST /s/open` of the share page) trades
-//! the cap for a random `/d/ID` URL valid `[web] download_link_minutes`.
+//! the cap for a random `/d/ID` URL valid `[web] download_link_secs`.
 
 use std::io;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ fn file_size(cap: &Cap) -> u64 {
 }
 
 fn ticket_answer(state: &AppState, cap: Cap, name: String, size: u64) -> serde_json::Value {
-    let ttl = Duration::from_secs(state.config.download_link_minutes.max(1) * 60);
+    let ttl = Duration::from_secs(state.config.download_link_secs.max(1));
     let id = state.tickets.issue(cap, name.clone(), ttl);
     serde_json::json!({
         "kind": "file",
@@ -281,7 +281,9 @@ pub(crate) async fn by_ticket(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ticket = state.tickets.get(&id).ok_or_else(|| {
-        ApiError::not_found("this download link is unknown or has expired; open the share link again")
+        ApiError::not_found(
+            "this download link is unknown or has expired; open the share link again",
+        )
     })?;
     send(&state, &ticket.cap, &ticket.name, &headers).await
 }
@@ -311,7 +313,9 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()>
         let end = if b.is_empty() {
             size.saturating_sub(1)
         } else {
-            b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1))
+            b.parse::<u64>()
+                .map_err(|_| ())?
+                .min(size.saturating_sub(1))
         };
         if start >= size || end < start {
             return Err(());

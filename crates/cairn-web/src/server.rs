@@ -71,18 +71,19 @@ impl WebServer {
                 addr: config.listen,
                 source,
             })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| WebError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let local = listener.local_addr().map_err(|source| WebError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let url = base_url(local);
         let state = AppState::new(Shared {
             node,
             web_dir: web.clone(),
             base_url: url.clone(),
-            auth: Auth::new(&token, Duration::from_secs(config.session_hours.max(1) * 3600)),
+            auth: Auth::new(
+                &token,
+                Duration::from_secs(config.session_hours.max(1) * 3600),
+            ),
             tickets: Tickets::default(),
             metrics: Default::default(),
             config,
@@ -208,7 +209,10 @@ fn router(state: AppState) -> Router {
         .route("/assets/{name}", get(pages::asset))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("no such page") })
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -250,8 +254,7 @@ async fn login(
         "{SESSION_COOKIE}={id}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
         state.auth.session_ttl().as_secs()
     );
-    let mut response =
-        axum::Json(serde_json::json!({ "ok": true, "csrf": csrf })).into_response();
+    let mut response = axum::Json(serde_json::json!({ "ok": true, "csrf": csrf })).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
