@@ -423,8 +423,10 @@ async fn api_needs_a_token_or_a_session_and_csrf() {
         assert!(msg.contains("expired"), "{msg}");
 
         // Binding a public address needs the explicit setting.
-        let mut public = WebConfig::default();
-        public.listen = "0.0.0.0:0".parse().expect("addr");
+        let public = WebConfig {
+            listen: "0.0.0.0:0".parse().expect("addr"),
+            ..WebConfig::default()
+        };
         let err = WebServer::bind(grid.node(2).clone(), grid.dir(2), public)
             .await
             .expect_err("refused");
