@@ -27,12 +27,17 @@ fn fuse_unavailable() -> Option<String> {
     }
 }
 
+/// One test at a time: each starts a grid and moves real data, and the timing checks would
+/// otherwise measure the machine's load on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 macro_rules! require_fuse {
     () => {
         if let Some(why) = fuse_unavailable() {
             eprintln!("skipping: FUSE is not usable here ({why})");
             return;
         }
+        let _serial = ONE_AT_A_TIME.lock().await;
     };
 }
 

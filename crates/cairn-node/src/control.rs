@@ -475,11 +475,17 @@ async fn handle_mount(
             if let Err(e) = mounter.unmount(path).await {
                 warn!(error = %e, "unmount after the client left failed");
             }
+            return Ok(());
         }
-        _ = stop.cancelled() => {}
+        _ = stop.cancelled() => {
+            if let Err(e) = mounter.unmount(path).await {
+                warn!(error = %e, "unmount at stop failed");
+            }
+        }
         _ = ended => {}
     }
-    Ok(())
+    // The mount ended here: say so, so the client tells it from the node going away.
+    write_json(&mut stream, &reply(Ok("unmounted"))).await
 }
 
 fn file_meta(meta: FileMeta) -> Meta {
@@ -849,7 +855,8 @@ impl ControlClient {
 
     /// Sends a [`ControlRequest::Mount`]; once the node has mounted, calls `mounted` and
     /// holds the mount until `until` completes (then hangs up, which unmounts) or the node
-    /// ends the mount. Returns whether the node ended it.
+    /// ends the mount. Returns whether the node ended it; an error when the node went away
+    /// without a word (it died).
     pub async fn hold_mount(
         mut self,
         request: &ControlRequest,
@@ -863,7 +870,12 @@ impl ControlClient {
         mounted();
         tokio::select! {
             _ = until => Ok(false),
-            _ = read_frame(&mut self.stream) => Ok(true),
+            frame = read_frame(&mut self.stream) => match frame {
+                Ok(Some((TAG_JSON, _))) => Ok(true),
+                _ => Err(NodeError::Control(
+                    "the node stopped answering; the mount is gone".into(),
+                )),
+            },
         }
     }
 
