@@ -498,3 +498,59 @@ async fn holders_lost_mid_read_fail_over_or_give_eio_in_time_never_hang() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_writing_one_file_through_their_mounts_keep_both_versions() {
+    require_fuse!();
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let a = grid.node(0).clone();
+        let b = grid.node(1).clone();
+        a.mkdir("/shared", false).await.unwrap();
+        let cap = a.share("/shared", true).await.unwrap();
+        b.attach(&cap, "/s").await.unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let (mounts_a, ma) = mount(&a, base.path(), "a", None).await;
+        let (mounts_b, mb) = mount(&b, base.path(), "b", None).await;
+        let ma2 = ma.clone();
+        blocking(move || fs::write(ma2.join("shared/same.txt"), b"original").unwrap()).await;
+        let mb2 = mb.clone();
+        let seen = time_until(Duration::from_secs(10), move || {
+            fs::read(mb2.join("s/same.txt")).is_ok_and(|d| d == b"original")
+        })
+        .await;
+        assert!(seen < Duration::from_secs(10));
+        // Each node holds its edit back long enough that neither sees the other's first.
+        a.set_edit_delay(Some(Duration::from_millis(800)));
+        b.set_edit_delay(Some(Duration::from_millis(800)));
+        let (ma2, mb2) = (ma.clone(), mb.clone());
+        let wa = blocking(move || fs::write(ma2.join("shared/same.txt"), b"version of A").unwrap());
+        let wb = blocking(move || fs::write(mb2.join("s/same.txt"), b"version of B").unwrap());
+        tokio::join!(wa, wb);
+        a.set_edit_delay(None);
+        b.set_edit_delay(None);
+        let ls = a.ls("/shared").await.unwrap();
+        let mut contents = Vec::new();
+        for e in &ls.entries {
+            contents.push(read_via(&a, &format!("/shared/{}", e.name)).await);
+        }
+        eprintln!(
+            "after concurrent writes: {:?}",
+            ls.entries.iter().map(|e| &e.name).collect::<Vec<_>>()
+        );
+        assert!(
+            contents.iter().any(|c| c == b"version of A"),
+            "{contents:?}"
+        );
+        assert!(
+            contents.iter().any(|c| c == b"version of B"),
+            "{contents:?}"
+        );
+        assert!(ls.conflicts > 0);
+        mounts_a.unmount_at(&ma).await.unwrap();
+        mounts_b.unmount_at(&mb).await.unwrap();
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
