@@ -79,6 +79,8 @@ async fn serve(grid: &TestGrid, i: usize, edit: impl FnOnce(&mut WebConfig)) -> 
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     assert_eq!(cairn_web::server_url(grid.dir(i)).expect("url file"), url);
     let cert = reqwest::Certificate::from_pem(server.cert_pem().as_bytes()).expect("pem");
+    // HTTP/2, as browsers use it here: an early answer (413) to an upload still being sent
+    // ends just that stream.
     let client = Client::builder()
         .tls_certs_only([cert])
         .build()
@@ -879,4 +881,59 @@ async fn files_go_up_and_down_and_share_links_work_without_a_session() {
         grid.shutdown().await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_whose_shares_are_out_of_reach_answers_503() {
+    timed(async {
+        logs();
+        let mut grid = TestGrid::start(5).await;
+        let web = serve(&grid, 0, |_| {}).await;
+        let data = random_bytes(9, 1 << 20);
+        let r = web.put_file("/far.bin", data.clone()).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        for i in 1..5 {
+            grid.stop(i).await;
+        }
+        // Node 0 alone holds at most one share of each chunk; three are needed.
+        let r = web.get("/api/files?path=/far.bin").await;
+        let msg = expect_error(r, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(msg.contains("not enough shares"), "{msg}");
+        drop(web);
+        grid.shutdown().await;
+    })
+    .await;
+}
+
+/// The OpenAPI file documents every route the server has.
+#[test]
+fn the_openapi_file_lists_every_route() {
+    let spec = include_str!("../../../docs/api/openapi.yaml");
+    for route in [
+        "/api/status",
+        "/api/session",
+        "/api/logout",
+        "/api/ls",
+        "/api/mkdir",
+        "/api/rm",
+        "/api/mv",
+        "/api/symlink",
+        "/api/share",
+        "/api/attach",
+        "/api/check",
+        "/api/qr",
+        "/api/download",
+        "/api/files",
+        "/login",
+        "/s",
+        "/s/open",
+        "/d/{id}",
+        "/metrics",
+        "/",
+    ] {
+        assert!(
+            spec.contains(&format!("\n  {route}:\n")),
+            "{route} is not documented"
+        );
+    }
 }

@@ -166,6 +166,8 @@ async fn run() {
     let data = random_bytes(11, 700_000);
     let local = files.path().join("holiday photo.bin");
     std::fs::write(&local, &data).expect("write");
+    let second = files.path().join("notes.txt");
+    std::fs::write(&second, "a second file, uploaded at once with the first").expect("write");
     owner
         .execute(
             "document.getElementById('file-input').hidden = false;",
@@ -177,9 +179,9 @@ async fn run() {
         .find(Locator::Css("#file-input"))
         .await
         .expect("file input")
-        .send_keys(&local.to_string_lossy())
+        .send_keys(&format!("{}\n{}", local.display(), second.display()))
         .await
-        .expect("choose the file");
+        .expect("choose two files");
     let link_css = "a.download[data-name='holiday photo.bin']";
     owner
         .wait()
@@ -187,6 +189,12 @@ async fn run() {
         .for_element(Locator::Css(link_css))
         .await
         .expect("the uploaded file is listed");
+    owner
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css("a.download[data-name='notes.txt']"))
+        .await
+        .expect("the second file is listed");
     let size_text = owner
         .find(Locator::Css("tr[data-name='holiday photo.bin'] td.num"))
         .await
@@ -203,6 +211,36 @@ async fn run() {
         fetch_in_page(&owner, &href).await == data,
         "downloaded bytes differ"
     );
+
+    // Its health: one line per chunk, shares found / needed / total.
+    owner
+        .find(Locator::Css("button.health[data-name='holiday photo.bin']"))
+        .await
+        .expect("health button")
+        .click()
+        .await
+        .expect("click health");
+    owner
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#health tbody tr"))
+        .await
+        .expect("the health table");
+    let first = owner
+        .find(Locator::Css("#health tbody tr"))
+        .await
+        .expect("a row")
+        .text()
+        .await
+        .expect("text");
+    assert!(first.starts_with("manifest"), "{first}");
+    owner
+        .find(Locator::Css("#dialog button[value=close]"))
+        .await
+        .expect("close button")
+        .click()
+        .await
+        .expect("close the dialog");
 
     // Share it: a link with the cap in the fragment, and a QR code.
     owner
@@ -258,6 +296,30 @@ async fn run() {
         .await
         .expect("peers listed");
     screenshot(&owner, "owner-status.png").await;
+    // A phone-sized window.
+    owner.set_window_size(390, 844).await.expect("resize");
+    owner
+        .find(Locator::Css("#tab-files"))
+        .await
+        .expect("tab")
+        .click()
+        .await
+        .expect("click");
+    owner
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(link_css))
+        .await
+        .expect("the files again");
+    let overflow: Value = owner
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth + 1",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(overflow, json!(false), "the page fits a phone-width window");
+    screenshot(&owner, "owner-phone.png").await;
 
     // A friend opens the link in a fresh profile, with no session, and downloads.
     let friend = browser(&driver_url, &profiles.path().join("friend")).await;
