@@ -84,8 +84,7 @@ fn now_secs() -> u64 {
 
 /// The node's API token (for `Authorization: Bearer`), made on first use.
 pub fn api_token(dir: &NodeDir) -> Result<String, WebError> {
-    dir.require_initialised()
-        .map_err(|_| WebError::NotRunning(dir.root().to_path_buf()))?;
+    dir.require_initialised().map_err(WebError::Node)?;
     let web = ensure_web_dir(dir)?;
     let path = web.join("api-token");
     match fs::read_to_string(&path) {

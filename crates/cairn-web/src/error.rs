@@ -39,6 +39,9 @@ pub enum WebError {
     /// The TLS certificate or key could not be made or loaded.
     #[error("web UI certificate: {0}")]
     Tls(String),
+    /// The node directory is unusable (not initialised, ...).
+    #[error("{0}")]
+    Node(NodeError),
     /// The node is not running, so there is no URL to print.
     #[error(
         "the web UI of the node at {} is not running (start the node with `cairn run --dir {}`)",
