@@ -101,7 +101,10 @@ async function show(path) {
   }));
 }
 
-(() => {
+function start() {
+  $("banner").hidden = true;
+  $("file").hidden = true;
+  $("dir").hidden = true;
   const hash = decodeURIComponent(location.hash.slice(1));
   const at = hash.indexOf("&n=");
   cap = (at >= 0 ? hash.slice(0, at) : hash).trim();
@@ -111,4 +114,8 @@ async function show(path) {
     return;
   }
   show("/");
-})();
+}
+
+// Another share link pasted into the address bar changes only the fragment.
+window.addEventListener("hashchange", start);
+start();

@@ -351,6 +351,42 @@ async fn run() {
     assert_eq!(session, json!(401), "the friend has no session");
     screenshot(&friend, "friend-share.png").await;
 
+    // A directory share link (the owner's root, read-only) lists the files for the friend.
+    let dir_link: Value = owner
+        .execute_async(
+            r#"
+            const done = arguments[arguments.length - 1];
+            fetch("/api/session").then((r) => r.json()).then((s) =>
+              fetch("/api/share", {
+                method: "POST",
+                headers: { "Content-Type": "application/json", "X-Cairn-CSRF": s.csrf },
+                body: JSON.stringify({ path: "/" }),
+              })).then((r) => r.json()).then((b) => done(b.link)).catch((e) => done("ERR " + e));
+            "#,
+            vec![],
+        )
+        .await
+        .expect("script");
+    let dir_link = dir_link.as_str().expect("a link").to_owned();
+    assert!(
+        dir_link.starts_with(&format!("{url}/s#cairn:dir-ro:1:")),
+        "{dir_link}"
+    );
+    friend.goto(&dir_link).await.expect("open the folder link");
+    friend
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#dir:not([hidden]) tr[data-name='notes.txt'] button.download",
+        ))
+        .await
+        .expect("the shared folder's files");
+    friend
+        .find(Locator::Css("tr[data-name='holiday photo.bin']"))
+        .await
+        .expect("both files listed");
+    screenshot(&friend, "friend-folder.png").await;
+
     friend.close().await.expect("close");
     owner.close().await.expect("close");
     let _ = driver.kill().await;
