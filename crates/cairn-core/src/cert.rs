@@ -268,19 +268,38 @@ impl MemberCert {
     /// Checks only that the grid key signed this certificate (for roster entries, which are
     /// relayed by third parties and checked again when their node connects).
     pub fn verify_signature(&self, grid: &GridId) -> Result<(), CertError> {
-        if self.body.version != CERT_VERSION {
-            return Err(CertError::UnsupportedVersion(self.body.version));
-        }
-        if self.body.grid != *grid {
-            return Err(CertError::WrongGrid {
-                expected: *grid,
-                got: self.body.grid,
-            });
-        }
-        let key = VerifyingKey::from_bytes(grid.as_bytes()).map_err(|_| CertError::BadGridKey)?;
-        key.verify_strict(&self.body.signed_bytes(), &self.signature)
-            .map_err(|_| CertError::BadSignature)
+        check_grid_signature(
+            grid,
+            (self.body.version, CERT_VERSION),
+            &self.body.grid,
+            &self.body.signed_bytes(),
+            &self.signature,
+        )
     }
+}
+
+/// The checks shared by everything a grid key signs, in order: a known format version
+/// (`(found, expected)`), the grid named is `grid`, the grid id is a valid key, and the
+/// signature over `signed` verifies under it.
+fn check_grid_signature(
+    grid: &GridId,
+    (version, expected_version): (u8, u8),
+    named: &GridId,
+    signed: &[u8],
+    signature: &Signature,
+) -> Result<(), CertError> {
+    if version != expected_version {
+        return Err(CertError::UnsupportedVersion(version));
+    }
+    if named != grid {
+        return Err(CertError::WrongGrid {
+            expected: *grid,
+            got: *named,
+        });
+    }
+    let key = VerifyingKey::from_bytes(grid.as_bytes()).map_err(|_| CertError::BadGridKey)?;
+    key.verify_strict(signed, signature)
+        .map_err(|_| CertError::BadSignature)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,18 +343,13 @@ impl Revocation {
 
     /// Checks that the grid key of `grid` signed this revocation.
     pub fn verify(&self, grid: &GridId) -> Result<(), CertError> {
-        if self.body.version != REVOCATION_VERSION {
-            return Err(CertError::UnsupportedVersion(self.body.version));
-        }
-        if self.body.grid != *grid {
-            return Err(CertError::WrongGrid {
-                expected: *grid,
-                got: self.body.grid,
-            });
-        }
-        let key = VerifyingKey::from_bytes(grid.as_bytes()).map_err(|_| CertError::BadGridKey)?;
-        key.verify_strict(&self.body.signed_bytes(), &self.signature)
-            .map_err(|_| CertError::BadSignature)
+        check_grid_signature(
+            grid,
+            (self.body.version, REVOCATION_VERSION),
+            &self.body.grid,
+            &self.body.signed_bytes(),
+            &self.signature,
+        )
     }
 }
 

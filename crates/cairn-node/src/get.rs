@@ -112,6 +112,8 @@ impl Node {
         out.flush()
             .await
             .map_err(|e| NodeError::Aborted(e.to_string()))?;
+        self.inner.activity.opened();
+        self.inner.activity.read(report.size);
         Ok(report)
     }
 
@@ -464,7 +466,14 @@ impl Node {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(NodeError::Control("file not fetched".into()))))
+            .map(|r| {
+                let r = r.unwrap_or_else(|| Err(NodeError::Control("file not fetched".into())));
+                if let Ok(data) = &r {
+                    self.inner.activity.opened();
+                    self.inner.activity.read(data.len() as u64);
+                }
+                r
+            })
             .collect()
     }
 }

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod activity;
 mod config;
 pub mod control;
 mod dir;
@@ -32,6 +33,7 @@ mod slots;
 mod tree;
 mod watch;
 
+pub use activity::ActivityReport;
 pub use config::{GridConfig, NodeConfig, WebConfig};
 pub use dir::{NodeDir, NodeKeys};
 pub use dirs::{DIR_REPLICAS, DirCap};

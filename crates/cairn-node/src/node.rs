@@ -94,6 +94,8 @@ pub(crate) struct Inner {
     roster: RwLock<BTreeMap<NodeId, RosterEntry>>,
     /// Revoked nodes, each with the grid key's signed statement.
     pub(crate) revoked: RwLock<BTreeMap<NodeId, Revocation>>,
+    /// What the node has done since it started.
+    pub(crate) activity: crate::activity::Activity,
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
     net: OnceLock<Net>,
     serve_delay: Mutex<Option<Duration>>,
@@ -168,6 +170,7 @@ impl Node {
             dirs: crate::dirs::Dirs::default(),
             roster: RwLock::new(roster),
             revoked: RwLock::new(revoked),
+            activity: Default::default(),
             health: Mutex::new(HashMap::new()),
             net: OnceLock::new(),
             serve_delay: Mutex::new(serve_delay),
@@ -720,7 +723,17 @@ impl ShareService for Service {
         let inner = self.0.upgrade();
         Box::pin(async move {
             match inner {
-                Some(inner) => inner.serve(peer, request).await,
+                Some(inner) => {
+                    let response = inner.serve(peer, request).await;
+                    match &response {
+                        Response::Share { .. } => inner.activity.served(1),
+                        Response::Shares(found) => {
+                            inner.activity.served(found.iter().flatten().count() as u64)
+                        }
+                        _ => {}
+                    }
+                    response
+                }
                 None => Response::Refused(Refusal::Internal),
             }
         })

@@ -104,7 +104,20 @@ fn crowding_warnings(stats: &PutStats, n: u8) -> Vec<String> {
 
 impl Node {
     /// Stores the bytes of `reader` in the grid and returns the readcap.
-    pub async fn put<R>(&self, mut reader: R, options: PutOptions) -> Result<PutReport, NodeError>
+    pub async fn put<R>(&self, reader: R, options: PutOptions) -> Result<PutReport, NodeError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let report = self.put_uncounted(reader, options).await?;
+        self.inner.activity.put(report.size);
+        Ok(report)
+    }
+
+    async fn put_uncounted<R>(
+        &self,
+        mut reader: R,
+        options: PutOptions,
+    ) -> Result<PutReport, NodeError>
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
@@ -600,6 +613,7 @@ impl Node {
             .map(|((sealed, placed), stats)| {
                 let sealed = sealed?;
                 placed?;
+                inner.activity.put(sealed.size);
                 let warnings = crowding_warnings(&stats, encoding.n);
                 Ok(PutReport {
                     cap: sealed.cap,

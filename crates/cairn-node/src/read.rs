@@ -86,6 +86,7 @@ impl Node {
         };
         let manifest = self.fetch_manifest(&read.root, read.size).await?;
         let keys = manifest.chunk_keys(&read.key)?;
+        self.inner.activity.opened();
         let mut start = 0u64;
         let spans = manifest
             .chunks()
@@ -152,6 +153,7 @@ impl FileReader {
             out.extend_from_slice(&plain[from..to]);
             index += 1;
         }
+        chunked.inner.activity.read(out.len() as u64);
         Ok(out.freeze())
     }
 

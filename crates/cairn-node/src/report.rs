@@ -13,6 +13,7 @@ use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeError;
+use crate::activity::ActivityReport;
 use crate::node::{Node, now_secs};
 
 /// A member counts as online when it answered within this long.
@@ -42,6 +43,9 @@ pub struct StatusReport {
     /// Nodes revoked from the grid.
     #[serde(default)]
     pub revoked: Vec<NodeId>,
+    /// What the node has done since it started.
+    #[serde(default)]
+    pub activity: ActivityReport,
 }
 
 /// A directory with conflicting entries.
@@ -162,6 +166,7 @@ impl Node {
             peers,
             conflicts: self.conflicts_seen(),
             revoked: self.revoked(),
+            activity: self.inner.activity.report(),
         })
     }
 

@@ -410,6 +410,31 @@ async fn a_member_serving_garbage_is_skipped() {
     .expect("within the time limit");
 }
 
+/// Asks `target` something from an endpoint with key `secret` presenting `membership`: the
+/// answer, and the bytes `target` sent that endpoint.
+async fn ask_as(
+    target: &cairn_node::Node,
+    secret: [u8; 32],
+    membership: Membership,
+) -> (Result<Response, NetError>, u64) {
+    let net = bind_net(secret, membership).await;
+    let result = net
+        .request(
+            target.id(),
+            &target.addrs(),
+            &Request::HeldShares { roots: vec![] },
+        )
+        .await;
+    let served = target
+        .net()
+        .counters()
+        .get(&node_id(&secret))
+        .copied()
+        .unwrap_or_default();
+    net.shutdown().await;
+    (result, served.sent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_grid_is_refused_and_served_nothing() {
     tokio::time::timeout(LIMIT, async {
@@ -417,22 +442,11 @@ async fn a_node_of_another_grid_is_refused_and_served_nothing() {
         let other = GridKey::from_bytes(&[9u8; 32]);
         let secret = [43u8; 32];
         let cert = other.issue(node_id(&secret), Roles::MEMBER, now(), now() + 3600);
-        let stranger = bind_net(
-            secret,
-            Membership {
-                grid: other.grid_id(),
-                cert,
-            },
-        )
-        .await;
-        let target = grid.node(0);
-        let result = stranger
-            .request(
-                target.id(),
-                &target.addrs(),
-                &Request::HeldShares { roots: vec![] },
-            )
-            .await;
+        let membership = Membership {
+            grid: other.grid_id(),
+            cert,
+        };
+        let (result, served) = ask_as(grid.node(0), secret, membership).await;
         assert!(
             matches!(
                 result,
@@ -440,14 +454,7 @@ async fn a_node_of_another_grid_is_refused_and_served_nothing() {
             ),
             "{result:?}"
         );
-        let served = target
-            .net()
-            .counters()
-            .get(&node_id(&secret))
-            .copied()
-            .unwrap_or_default();
-        assert_eq!(served.sent, 0, "nothing served to a stranger");
-        stranger.shutdown().await;
+        assert_eq!(served, 0, "nothing served to a stranger");
         grid.shutdown().await;
     })
     .await
@@ -460,31 +467,13 @@ async fn a_certificate_presented_by_another_node_is_refused() {
         let grid = TestGrid::start(3).await;
         // Node 1's real certificate, presented by an endpoint with a different key.
         let stolen = NodeKeys::load(grid.dir(1)).expect("keys").cert;
-        let thief = bind_net(
-            [44u8; 32],
-            Membership {
-                grid: stolen.grid(),
-                cert: stolen,
-            },
-        )
-        .await;
-        let target = grid.node(0);
-        let result = thief
-            .request(
-                target.id(),
-                &target.addrs(),
-                &Request::HeldShares { roots: vec![] },
-            )
-            .await;
+        let membership = Membership {
+            grid: stolen.grid(),
+            cert: stolen,
+        };
+        let (result, served) = ask_as(grid.node(0), [44u8; 32], membership).await;
         assert!(result.is_err(), "{result:?}");
-        let served = target
-            .net()
-            .counters()
-            .get(&node_id(&[44u8; 32]))
-            .copied()
-            .unwrap_or_default();
-        assert_eq!(served.sent, 0);
-        thief.shutdown().await;
+        assert_eq!(served, 0);
         grid.shutdown().await;
     })
     .await
@@ -502,31 +491,13 @@ async fn a_certificate_dated_in_the_future_is_refused() {
         let secret = [45u8; 32];
         let issued = now() + 3600;
         let cert = key.issue(node_id(&secret), Roles::MEMBER, issued, issued + 3600);
-        let early = bind_net(
-            secret,
-            Membership {
-                grid: key.grid_id(),
-                cert,
-            },
-        )
-        .await;
-        let target = grid.node(0);
-        let result = early
-            .request(
-                target.id(),
-                &target.addrs(),
-                &Request::HeldShares { roots: vec![] },
-            )
-            .await;
+        let membership = Membership {
+            grid: key.grid_id(),
+            cert,
+        };
+        let (result, served) = ask_as(grid.node(0), secret, membership).await;
         assert!(result.is_err(), "{result:?}");
-        let served = target
-            .net()
-            .counters()
-            .get(&node_id(&secret))
-            .copied()
-            .unwrap_or_default();
-        assert_eq!(served.sent, 0);
-        early.shutdown().await;
+        assert_eq!(served, 0);
         grid.shutdown().await;
     })
     .await

@@ -14,17 +14,21 @@ async fn received(node: &Node) -> u64 {
     status.peers.iter().map(|p| p.received).sum()
 }
 
+/// Puts `len` random bytes from `node`: the bytes and their cap.
+async fn put_random(node: &Node, seed: u64, len: usize) -> (Vec<u8>, Cap) {
+    let data = random_bytes(seed, len);
+    let report = node
+        .put(std::io::Cursor::new(data.clone()), PutOptions::default())
+        .await
+        .expect("put");
+    (data, report.cap.parse().expect("cap"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
     tokio::time::timeout(LIMIT, async {
         let grid = TestGrid::start(5).await;
-        let data = random_bytes(7, 24 << 20);
-        let report = grid
-            .node(0)
-            .put(std::io::Cursor::new(data.clone()), PutOptions::default())
-            .await
-            .expect("put");
-        let cap: Cap = report.cap.parse().expect("cap");
+        let (data, cap) = put_random(grid.node(0), 7, 24 << 20).await;
         let reader = grid.node(1).open_file(&cap).await.expect("open");
         assert_eq!(reader.size(), data.len() as u64);
         assert!(reader.chunk_count() > 4, "several chunks");
@@ -78,6 +82,24 @@ async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
             let to = (from + (128 << 10)).min(data.len());
             assert_eq!(&got.expect("read")[..], &data[from..to]);
         }
+
+        // The status counts what each node did.
+        let writer = grid.node(0).status().await.expect("status").activity;
+        assert_eq!((writer.files_put, writer.bytes_put), (1, len));
+        let reader_activity = grid.node(1).status().await.expect("status").activity;
+        assert_eq!(reader_activity.files_got, 1);
+        assert!(reader_activity.bytes_got >= len, "{reader_activity:?}");
+        let mut served = 0;
+        for i in 0..grid.len() {
+            served += grid
+                .node(i)
+                .status()
+                .await
+                .expect("status")
+                .activity
+                .shares_served;
+        }
+        assert!(served >= reader_activity.bytes_got / (4 << 20), "{served}");
         grid.shutdown().await;
     })
     .await
@@ -88,13 +110,7 @@ async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
 async fn reads_go_on_with_two_holders_down_and_literals_need_no_grid() {
     tokio::time::timeout(LIMIT, async {
         let mut grid = TestGrid::start(5).await;
-        let data = random_bytes(8, 6 << 20);
-        let report = grid
-            .node(0)
-            .put(std::io::Cursor::new(data.clone()), PutOptions::default())
-            .await
-            .expect("put");
-        let cap: Cap = report.cap.parse().expect("cap");
+        let (data, cap) = put_random(grid.node(0), 8, 6 << 20).await;
         grid.stop(3).await;
         grid.stop(4).await;
         let reader = grid.node(1).open_file(&cap).await.expect("open");

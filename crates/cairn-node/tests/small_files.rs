@@ -130,7 +130,12 @@ async fn a_batch_with_a_bad_share_stores_only_the_good_ones() {
         let request = Request::PutShares {
             lease: Lease {
                 owner: grid.node(0).id(),
-                expires_at: u64::MAX,
+                // A month: holders refuse leases that run past MAX_LEASE_SECS.
+                expires_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs()
+                    + 31 * 86_400,
             },
             shares: vec![
                 item(0, shares[0].clone()),

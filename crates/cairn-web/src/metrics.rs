@@ -1,6 +1,7 @@
 //! Prometheus metrics at `/metrics`, in the text exposition format: the web server's own
 //! counters (requests by route and status, latency histograms, bytes up- and downloaded) and
-//! the node's (peers online, storage, bytes exchanged with peers) from [`Node::status`].
+//! the node's (peers online, storage, files and bytes put and read, shares served, bytes
+//! exchanged with peers) from [`Node::status`].
 //!
 //! Routes are labelled by their pattern (`/d/{id}`), never by the URL, so no token or path
 //! reaches a label; the label set stays small.
@@ -164,6 +165,36 @@ impl Metrics {
                     "Shares this node stores.",
                     status.storage.shares,
                 );
+                let activity = status.activity;
+                for (name, help, value) in [
+                    (
+                        "cairn_node_files_put_total",
+                        "Files stored through this node since it started.",
+                        activity.files_put,
+                    ),
+                    (
+                        "cairn_node_put_bytes_total",
+                        "Bytes of files stored through this node since it started.",
+                        activity.bytes_put,
+                    ),
+                    (
+                        "cairn_node_files_got_total",
+                        "Files read through this node since it started.",
+                        activity.files_got,
+                    ),
+                    (
+                        "cairn_node_got_bytes_total",
+                        "Bytes of files read through this node since it started.",
+                        activity.bytes_got,
+                    ),
+                    (
+                        "cairn_node_shares_served_total",
+                        "Shares this node sent to other members since it started.",
+                        activity.shares_served,
+                    ),
+                ] {
+                    counter(&mut out, name, help, value);
+                }
                 counter(
                     &mut out,
                     "cairn_node_peer_sent_bytes_total",

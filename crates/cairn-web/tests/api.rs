@@ -865,6 +865,18 @@ async fn files_go_up_and_down_and_share_links_work_without_a_session() {
             .parse()
             .expect("number");
         assert!(uploaded >= data.len() as u64, "{uploaded}");
+        let node_counter = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+                .parse()
+                .expect("number")
+        };
+        assert!(node_counter("cairn_node_put_bytes_total") >= data.len() as u64);
+        assert!(node_counter("cairn_node_files_put_total") >= 1);
+        assert!(node_counter("cairn_node_got_bytes_total") >= data.len() as u64);
+        assert!(node_counter("cairn_node_files_got_total") >= 1);
+        assert!(text.contains("cairn_node_shares_served_total "), "{text}");
         assert!(
             text.contains("cairn_web_responses_total{route=\"/api/files\",status=\"413\"} 2"),
             "{text}"

@@ -900,6 +900,15 @@ fn print_status(s: &StatusReport) -> Result<()> {
             size::human(p.received)
         );
     }
+    let a = &s.activity;
+    outln!(
+        "activity  put {} files ({}), read {} files ({}), served {} shares",
+        a.files_put,
+        size::human(a.bytes_put),
+        a.files_got,
+        size::human(a.bytes_got),
+        a.shares_served
+    );
     if !s.revoked.is_empty() {
         let ids: Vec<String> = s.revoked.iter().map(|id| id.fmt_short()).collect();
         outln!("revoked   {}", ids.join(", "));
