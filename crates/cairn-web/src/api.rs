@@ -373,6 +373,59 @@ pub(crate) async fn check(
     Ok(Json(state.node.check(&cap).await?))
 }
 
+/// `POST /api/invite` body.
+#[derive(Deserialize)]
+pub(crate) struct InviteBody {
+    /// Hours the code stays valid (24 when absent).
+    #[serde(default)]
+    ttl_hours: Option<u64>,
+}
+
+/// The longest an invite may stay valid: a week.
+const MAX_INVITE_HOURS: u64 = 7 * 24;
+
+/// `POST /api/invite {ttl_hours?}`: a one-time invite code for a new device (admin nodes).
+pub(crate) async fn invite(
+    State(state): State<AppState>,
+    Body(body): Body<InviteBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let hours = body.ttl_hours.unwrap_or(24);
+    if hours == 0 || hours > MAX_INVITE_HOURS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_hours must be 1 to {MAX_INVITE_HOURS}"
+        )));
+    }
+    let code = state
+        .node
+        .create_invite(std::time::Duration::from_secs(hours * 3600))?;
+    Ok(Json(
+        serde_json::json!({ "code": code.to_string(), "ttl_hours": hours }),
+    ))
+}
+
+/// `POST /api/revoke` body.
+#[derive(Deserialize)]
+pub(crate) struct RevokeBody {
+    node: String,
+}
+
+/// `POST /api/revoke {node}`: removes a member from the grid for good (admin nodes).
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    Body(body): Body<RevokeBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let node: cairn_core::id::NodeId = body
+        .node
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request("`node` is not a node id (64 hex characters)"))?;
+    let revocation = state.node.revoke(node).await?;
+    Ok(Json(serde_json::json!({
+        "node": revocation.node(),
+        "revoked_at": revocation.revoked_at(),
+    })))
+}
+
 /// `POST /api/qr` body.
 #[derive(Deserialize)]
 pub(crate) struct QrBody {

@@ -190,6 +190,8 @@ fn router(state: AppState) -> Router {
         .route("/attach", post(api::attach))
         .route("/check", post(api::check))
         .route("/qr", post(api::qr))
+        .route("/invite", post(api::invite))
+        .route("/revoke", post(api::revoke))
         .route("/download", post(files::ticket))
         .route(
             "/files",

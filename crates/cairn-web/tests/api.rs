@@ -424,6 +424,46 @@ async fn api_needs_a_token_or_a_session_and_csrf() {
         let msg = expect_error(r, StatusCode::NOT_FOUND).await;
         assert!(msg.contains("expired"), "{msg}");
 
+        // Invites and revocations: the admin node only.
+        let r = web.post("/api/invite", json!({ "ttl_hours": 2 })).await;
+        let (status, body) = json_of(r).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let invite = body["code"].as_str().expect("code").to_owned();
+        assert!(invite.starts_with("cairn-invite:1:"), "{invite}");
+        expect_error(
+            web.post("/api/invite", json!({ "ttl_hours": 0 })).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        expect_error(
+            other.post("/api/invite", json!({})).await,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        expect_error(
+            web.post("/api/revoke", json!({ "node": "nope" })).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        let own = grid.node(0).id().to_string();
+        let msg = expect_error(
+            web.post("/api/revoke", json!({ "node": own })).await,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        assert!(msg.contains("itself"), "{msg}");
+        let stranger = "ab".repeat(32);
+        expect_error(
+            other.post("/api/revoke", json!({ "node": stranger })).await,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        let r = web.post("/api/revoke", json!({ "node": stranger })).await;
+        let (status, body) = json_of(r).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, status) = json_of(web.get("/api/status").await).await;
+        assert_eq!(status["revoked"], json!([stranger]));
+
         // Binding a public address needs the explicit setting.
         let public = WebConfig {
             listen: "0.0.0.0:0".parse().expect("addr"),
@@ -441,6 +481,7 @@ async fn api_needs_a_token_or_a_session_and_csrf() {
             cookie.split_once('=').expect("pair").1,
             &cap,
             url.trim_start_matches("/d/"),
+            invite.trim_start_matches("cairn-invite:1:"),
         ]);
         drop(other);
         drop(web);
@@ -934,6 +975,8 @@ fn the_openapi_file_lists_every_route() {
         "/api/attach",
         "/api/check",
         "/api/qr",
+        "/api/invite",
+        "/api/revoke",
         "/api/download",
         "/api/files",
         "/login",
