@@ -288,6 +288,17 @@ function ago(secs) {
   return Math.round(d / 86400) + " days ago";
 }
 
+// One line on whether files stay readable with the members that are offline: a file needs k
+// of its n shares, so up to n - k holders may be off. Shares are not yet repaired onto other
+// members while one is away.
+function gridHealth(s, online) {
+  const offline = s.peers.length - online;
+  const spare = s.encoding.n - s.encoding.k;
+  if (offline === 0) return "all members online";
+  if (offline <= spare) return offline + " offline: every file is still readable (up to " + spare + " may be off)";
+  return offline + " offline: files with more than " + spare + " shares on offline members are unreadable until they return";
+}
+
 async function status() {
   clearError();
   const s = await api("GET", "/api/status").catch(() => null);
@@ -297,7 +308,9 @@ async function status() {
   dl($("st-storage"), [["Used", size(used)], ["Offered", size(offered)], ["Shares", s.storage.shares]]);
   $("st-meter").style.width = (offered ? Math.min(100, (100 * used) / offered) : 0) + "%";
   const online = s.peers.filter((p) => p.online).length;
-  dl($("st-grid"), [["Grid", s.grid.slice(0, 16) + "…"], ["Encoding", s.encoding.k + " of " + s.encoding.n + " (happy " + s.encoding.happy + ")"], ["Peers online", online + " of " + s.peers.length]]);
+  dl($("st-grid"), [["Grid", s.grid.slice(0, 16) + "…"], ["Encoding", s.encoding.k + " of " + s.encoding.n + " (happy " + s.encoding.happy + ")"], ["Peers online", online + " of " + s.peers.length], ["Health", gridHealth(s, online)]]);
+  const a = s.activity;
+  dl($("st-activity"), [["Stored", a.files_put + " files, " + size(a.bytes_put)], ["Read", a.files_got + " files, " + size(a.bytes_got)], ["Shares served", a.shares_served]]);
   const tbody = $("peers").querySelector("tbody");
   tbody.replaceChildren(...s.peers.map((p) => el("tr", {},
     el("td", { class: "mono" }, String(p.id).slice(0, 12)),

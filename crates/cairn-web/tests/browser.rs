@@ -295,6 +295,25 @@ async fn run() {
         .for_element(Locator::Css("#peers tbody tr"))
         .await
         .expect("peers listed");
+    let grid_card = owner
+        .find(Locator::Css("#st-grid"))
+        .await
+        .expect("grid card")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        grid_card.contains("all members online") || grid_card.contains("offline:"),
+        "{grid_card}"
+    );
+    let activity = owner
+        .find(Locator::Css("#st-activity"))
+        .await
+        .expect("activity card")
+        .text()
+        .await
+        .expect("text");
+    assert!(activity.contains("Shares served"), "{activity}");
     screenshot(&owner, "owner-status.png").await;
     // A phone-sized window.
     owner.set_window_size(390, 844).await.expect("resize");
