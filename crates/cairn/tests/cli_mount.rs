@@ -7,21 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::mount::*;
 use common::*;
-
-fn fuse_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("/dev/fuse: {e}")),
-    }
-}
 
 macro_rules! require_fuse {
     () => {
@@ -39,74 +29,6 @@ fn at(dir: &Path, args: &[&str]) -> Out {
     all.push("--dir".into());
     all.push(dir.into());
     cairn(all)
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let wanted = path.to_string_lossy().to_string();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p == wanted))
-}
-
-#[track_caller]
-fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A foreground `cairn mount` child; killed on drop.
-struct MountProc(Child);
-
-impl MountProc {
-    fn start(dir: &Path, point: &Path, extra: &[&str]) -> MountProc {
-        let child = Command::new(exe())
-            .arg("mount")
-            .arg(point)
-            .args(extra)
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut p = MountProc(child);
-        wait_for(Duration::from_secs(20), "mounted", || {
-            assert!(p.0.try_wait().unwrap().is_none(), "cairn mount exited");
-            is_mounted(point)
-        });
-        p
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .unwrap();
-    }
-
-    #[track_caller]
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "cairn mount did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for MountProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[track_caller]

@@ -7,21 +7,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::mount::*;
 use common::*;
-
-fn fuse_unavailable() -> Option<String> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-    {
-        Ok(_) => None,
-        Err(e) => Some(format!("/dev/fuse: {e}")),
-    }
-}
 
 fn missing_tool() -> Option<&'static str> {
     ["rsync", "git", "sqlite3", "python3"]
@@ -34,57 +24,6 @@ fn missing_tool() -> Option<&'static str> {
                 .map(|o| !o.status.success())
                 .unwrap_or(true)
         })
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let wanted = path.to_string_lossy().to_string();
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|p| p == wanted))
-}
-
-/// A foreground `cairn mount` child; SIGINT (a clean unmount) on drop.
-struct MountProc(Child);
-
-impl MountProc {
-    fn start(dir: &Path, point: &Path) -> MountProc {
-        let child = Command::new(exe())
-            .arg("mount")
-            .arg(point)
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut p = MountProc(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(point) {
-            assert!(p.0.try_wait().unwrap().is_none(), "cairn mount exited");
-            assert!(Instant::now() < deadline, "not mounted within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        p
-    }
-}
-
-impl Drop for MountProc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-INT")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs `script` with `sh -e`; panics with its output unless it succeeds; returns stdout.
@@ -243,7 +182,7 @@ fn rsync_git_sqlite_and_an_editor_work_in_a_mount() {
     let point = g.env.join("mnt");
     std::fs::create_dir_all(&point).unwrap();
     let p = point.to_str().unwrap().to_string();
-    let m = MountProc::start(g.dir(0), &point);
+    let m = MountProc::start(g.dir(0), &point, &[]);
 
     rsync_workload(&g.env, &p);
     git_workload(&g.env, &p);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod mount;
+
 /// The default time limit of one CLI command.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a started node may take until `cairn status` answers.
