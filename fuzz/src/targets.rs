@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::sync::OnceLock;
 
 use cairn_core::cap::{Cap, DirReadCap, LiteralCap, ReadCap, VerifyCap};
-use cairn_core::cert::{GridKey, MemberCert};
+use cairn_core::cert::{CLOCK_SKEW_SECS, GridKey, MemberCert};
 use cairn_core::chunk::MAX_CHUNK;
 use cairn_core::compress::{FLAG_RAW, decode_payload, encode_payload};
 use cairn_core::id::{ChunkId, GridId, NodeId, ShareRoot};
@@ -487,7 +487,12 @@ pub fn member_cert(data: &[u8]) {
     ] {
         match cert.verify(&grid, &cert.node(), now) {
             Ok(()) => {
-                assert!(signed && cert.grid() == grid && now < cert.expires_at());
+                assert!(
+                    signed
+                        && cert.grid() == grid
+                        && now < cert.expires_at()
+                        && cert.issued_at() <= now.saturating_add(CLOCK_SKEW_SECS)
+                );
             }
             Err(e) => {
                 let _ = e.to_string();
