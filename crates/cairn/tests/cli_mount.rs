@@ -22,15 +22,6 @@ macro_rules! require_fuse {
     };
 }
 
-/// `cairn ARGS --dir DIR`.
-#[track_caller]
-fn at(dir: &Path, args: &[&str]) -> Out {
-    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    all.push("--dir".into());
-    all.push(dir.into());
-    cairn(all)
-}
-
 #[track_caller]
 fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();

@@ -11,15 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// `cairn ARGS --dir DIR`.
-#[track_caller]
-fn at(dir: &Path, args: &[&str]) -> Out {
-    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
-    all.push("--dir".into());
-    all.push(dir.into());
-    cairn(all)
-}
-
 fn ls_names(dir: &Path, path: &str) -> Vec<String> {
     let v = at(dir, &["ls", path, "--json"]).success().json();
     v["entries"]

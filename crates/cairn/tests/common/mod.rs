@@ -165,6 +165,15 @@ where
     out
 }
 
+/// `cairn ARGS --dir DIR`.
+#[track_caller]
+pub fn at(dir: &Path, args: &[&str]) -> Out {
+    let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    all.push("--dir".into());
+    all.push(dir.into());
+    cairn(all)
+}
+
 /// Runs `cairn ARGS` with the default time limit.
 #[track_caller]
 pub fn cairn<I, S>(args: I) -> Out
