@@ -349,9 +349,6 @@ async fn time_until(limit: Duration, check: impl Fn() -> bool + Send + Sync + 's
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known intermittent bug: after node A rewrites an existing file, B's mount sometimes \
-            answers ENOENT for it for seconds (usually the change shows in 10-40 ms); \
-            run with --ignored while fixing it"]
 async fn a_file_written_on_another_node_shows_in_the_mount_within_a_second() {
     require_fuse!();
     tokio::time::timeout(LIMIT, async {

@@ -94,6 +94,9 @@ pub(crate) struct Dirs {
     clock: Mutex<Hlc>,
     /// Serialises this node's edits, so two local commands never race on one state.
     edit_lock: tokio::sync::Mutex<()>,
+    /// One lock per directory, held while its cached state is taken out to merge or edit, so
+    /// a concurrent load never starts from an empty state.
+    merge_locks: Mutex<HashMap<SlotId, Arc<tokio::sync::Mutex<()>>>>,
     /// The readcap of every directory this node has read, to judge moves through it.
     caps: Mutex<HashMap<SlotId, DirReadCap>>,
     /// Directories with conflicts, as last listed: slot -> (location, lines in conflict).
@@ -114,6 +117,7 @@ impl Default for Dirs {
             cache: Mutex::default(),
             clock: Mutex::default(),
             edit_lock: tokio::sync::Mutex::default(),
+            merge_locks: Mutex::default(),
             caps: Mutex::default(),
             conflicts: Mutex::default(),
             edit_delay: Mutex::default(),
@@ -273,6 +277,15 @@ impl Node {
         cache.get(slot).cloned()
     }
 
+    /// Takes the slot's merge lock (see [`Dirs::merge_locks`]).
+    async fn merge_lock(&self, slot: &SlotId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = locked(&self.inner.dirs.merge_locks)
+            .entry(*slot)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
     fn store_cached(&self, slot: SlotId, cached: Arc<Cached>) {
         let mut cache = locked(&self.inner.dirs.cache);
         cache.insert(slot, cached);
@@ -420,7 +433,8 @@ impl Node {
         caps.get(slot).cloned()
     }
 
-    /// Removes the slot's state from the cache, for an edit in place.
+    /// Removes the slot's state from the cache, for an edit in place. Only under the slot's
+    /// [`merge_lock`](Self::merge_lock), which is held until the state is stored again.
     fn take_cached(&self, slot: &SlotId) -> Option<Cached> {
         let taken = {
             let mut cache = locked(&self.inner.dirs.cache);
@@ -436,37 +450,46 @@ impl Node {
         locked(&self.inner.dirs.caps)
             .entry(slot)
             .or_insert_with(|| cap.clone());
-        let cached = self.cached(&slot);
-        let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
-        let gathered = self.gather(cap, &have).await;
-        if gathered.answered == 0 && cached.is_none() {
-            return Err(NodeError::DirUnreachable(slot.fmt_short()));
-        }
-        let mut fresh: Vec<(Version, VersionBody)> = gathered
-            .versions
-            .into_iter()
-            .filter(|(v, _)| !have.contains(&v.id()))
-            .collect();
-        if fresh.is_empty()
-            && let Some(cached) = cached
-        {
-            return Ok(cached);
-        }
-        fresh.sort_by_key(|(v, _)| (v.depth(), v.id()));
-        let from_cache = cached.is_some();
-        drop(cached);
-        let mut next = if from_cache {
-            self.take_cached(&slot).unwrap_or_default()
-        } else {
-            Cached::default()
+        let (fresh, _merging, taken) = loop {
+            let cached = self.cached(&slot);
+            let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
+            let gathered = self.gather(cap, &have).await;
+            if gathered.answered == 0 && cached.is_none() {
+                return Err(NodeError::DirUnreachable(slot.fmt_short()));
+            }
+            let mut fresh: Vec<(Version, VersionBody)> = gathered
+                .versions
+                .into_iter()
+                .filter(|(v, _)| !have.contains(&v.id()))
+                .collect();
+            if fresh.is_empty()
+                && let Some(cached) = cached
+            {
+                return Ok(cached);
+            }
+            fresh.sort_by_key(|(v, _)| (v.depth(), v.id()));
+            drop(cached);
+            // Merge into the state as it is now: another load may have merged some of `fresh`
+            // meanwhile (joining it again changes nothing).
+            let merging = self.merge_lock(&slot).await;
+            let now = self.take_cached(&slot);
+            if now.is_none() && !have.is_empty() {
+                // What was gathered is only what follows a state no longer held: start over.
+                continue;
+            }
+            break (fresh, merging, now);
         };
+        let from_cache = taken.is_some();
+        let mut next = taken.unwrap_or_default();
         let mut heads: BTreeSet<VersionId> = next.heads.iter().copied().collect();
         let mut cited: HashSet<VersionId> = HashSet::new();
         for (version, body) in &fresh {
             self.observe_clock(body.hlc);
-            // A version is new if it brings writes not seen, or follows a head (a snapshot
-            // brings none); otherwise it is history a lagging holder sent again.
-            let follows = version.parents().iter().any(|p| heads.contains(p));
+            // A version is new if it brings writes not seen, follows a head, or is the first
+            // version of a directory read afresh (a snapshot brings no writes); otherwise it is
+            // history a lagging holder sent again.
+            let follows = version.parents().iter().any(|p| heads.contains(p))
+                || (heads.is_empty() && version.parents().is_empty());
             cited.extend(version.parents().iter().copied());
             if follows || !context_within(&body.state.context, &next.state.context) {
                 heads.insert(version.id());
@@ -502,9 +525,8 @@ impl Node {
             depth: cached.depth,
             seen: cached.state.context.vv.clone(),
         };
-        slots::set_frontier(self.inner.meta.db(), slot, &frontier)?;
         self.store_cached(*slot, cached.clone());
-        Ok(())
+        slots::set_frontier(self.inner.meta.db(), slot, &frontier)
     }
 
     /// Pushes one encoded version to the slot's holders: the first [`DIR_REPLICAS`] at once,
@@ -575,6 +597,7 @@ impl Node {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        let _merging = self.merge_lock(&slot).await;
         // Edit the cached state in place (no copy of a large directory); an edit that fails or
         // cannot be published is undone.
         let mut next = self.take_cached(&slot).unwrap_or_default();

@@ -620,3 +620,34 @@ async fn a_watcher_hears_of_a_change_within_a_second() {
     .await
     .expect("within the time limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_a_changed_directory_all_see_the_change() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let (writer, reader) = (grid.node(0), grid.node(1));
+        writer.mkdir("/shared", false).await.unwrap();
+        let cap = writer.share("/shared", true).await.unwrap();
+        reader.attach(&cap, "/from-writer").await.unwrap();
+        for round in 0..20u8 {
+            // Each round replaces the file's content in place: a delta that carries no name.
+            let content = put_file(writer, &[round; 100]).await;
+            writer.link("/shared/note", content, true).await.unwrap();
+            // Each load on its own task, so their merges run at once on several threads.
+            let mut loads = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let reader = reader.clone();
+                loads.spawn(async move { reader.ls("/from-writer").await });
+            }
+            while let Some(listing) = loads.join_next().await {
+                assert_eq!(names(&listing.unwrap().unwrap()), ["note"], "round {round}");
+            }
+            assert_eq!(
+                read(reader, "/from-writer/note").await.unwrap(),
+                [round; 100]
+            );
+        }
+    })
+    .await
+    .expect("test timed out");
+}
