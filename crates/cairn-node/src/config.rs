@@ -27,6 +27,9 @@ pub struct NodeConfig {
     pub request_timeout_secs: u64,
     /// Days a share lease lasts before it must be renewed.
     pub lease_days: u64,
+    /// Bytes of decrypted chunks the block cache (`DIR/cache`) keeps for reads through the
+    /// mount and the web; pinned files are kept beyond it.
+    pub block_cache_bytes: u64,
     /// The web UI and JSON API (`[web]`).
     pub web: WebConfig,
 }
@@ -80,6 +83,7 @@ impl Default for NodeConfig {
             storage: true,
             request_timeout_secs: 30,
             lease_days: 31,
+            block_cache_bytes: 2 * 1024 * 1024 * 1024,
             web: WebConfig::default(),
         }
     }

@@ -153,6 +153,19 @@ pub enum ControlRequest {
         /// The node's id.
         node: cairn_core::id::NodeId,
     },
+    /// Keep a directory tree (or a file) on this node for offline use, or bring its pin up to
+    /// date.
+    Pin {
+        /// Path or cap.
+        path: String,
+    },
+    /// Release a pin.
+    Unpin {
+        /// The path or cap as pinned.
+        path: String,
+    },
+    /// List the pins.
+    Pins,
     /// Exchange rosters with every member now.
     Gossip,
     /// Stop the node.
@@ -384,6 +397,9 @@ async fn handle(
                 .await
                 .map(|r| serde_json::json!({ "node": r.node(), "revoked_at": r.revoked_at() })),
         ),
+        ControlRequest::Pin { path } => reply(node.pin(&path).await),
+        ControlRequest::Unpin { path } => reply(node.unpin(&path).await),
+        ControlRequest::Pins => reply(node.pins().await),
         ControlRequest::Gossip => {
             node.gossip_now().await;
             reply(Ok(()))

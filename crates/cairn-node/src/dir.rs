@@ -89,6 +89,11 @@ impl NodeDir {
         self.root.join("meta.redb")
     }
 
+    /// `cache/`: the block cache and its key.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
     /// `store/`.
     pub fn store(&self) -> PathBuf {
         self.root.join("store")

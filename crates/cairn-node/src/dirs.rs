@@ -309,12 +309,20 @@ impl Node {
     /// Asks the slot's holders for the versions after `have`; verifies and opens each.
     async fn gather(&self, cap: &DirReadCap, have: &[VersionId]) -> Gathered {
         let slot = cap.slot();
-        let holders: Vec<Member> = self
+        let mut holders: Vec<Member> = self
             .inner
             .slot_holders(&slot)
             .into_iter()
             .take(DIR_REPLICAS)
             .collect();
+        // A copy this node keeps (a pinned directory) is asked too, last: it answers when the
+        // grid does not, and read repair keeps it current.
+        if holders.iter().all(|h| h.id != self.id())
+            && slots::holds(self.inner.meta.db(), &slot).unwrap_or(false)
+            && let Some(me) = self.inner.members().into_iter().find(|m| m.id == self.id())
+        {
+            holders.push(me);
+        }
         let mut set = JoinSet::new();
         let mut holders = holders.into_iter();
         // A reader with nothing yet takes the bulk from one holder, then asks the others only
@@ -399,6 +407,24 @@ impl Node {
         }
         self.repair_holders(&gathered, sent_by);
         gathered
+    }
+
+    /// Stores every version of the directory on this node, so it lists without the grid
+    /// (see [`gather`](Self::gather)).
+    pub(crate) async fn keep_versions(&self, cap: &DirReadCap) -> Result<(), NodeError> {
+        let gathered = self.gather(cap, &[]).await;
+        if gathered.answered == 0 {
+            return Err(NodeError::DirUnreachable(cap.slot().fmt_short()));
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            for (version, _) in &gathered.versions {
+                slots::put_version(inner.meta.db(), version)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Control(e.to_string()))?
     }
 
     /// Read repair: hands each holder that answered the versions the others sent and it

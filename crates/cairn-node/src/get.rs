@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::NodeError;
+use crate::blocks::Keep;
 use crate::node::{Inner, Member, Node};
 
 /// Chunks fetched ahead of the writer.
@@ -89,15 +90,7 @@ impl Node {
             .zip(keys)
             .map(|(chunk, key)| {
                 let inner = inner.clone();
-                async move {
-                    let fetched = inner.fetch_blob(&chunk.root).await?;
-                    tokio::task::spawn_blocking(move || {
-                        open_chunk(&fetched.header, fetched.shares, &key, chunk.plain_len)
-                    })
-                    .await
-                    .map_err(|e| NodeError::Control(e.to_string()))?
-                    .map_err(NodeError::from)
-                }
+                async move { inner.chunk_plain(&chunk, &key, Keep::Not).await }
             });
         let mut stream = futures_util::stream::iter(jobs).buffered(CHUNKS_AHEAD);
         let mut report = GetReport::default();
@@ -123,11 +116,31 @@ impl Node {
         root: &ShareRoot,
         size: u64,
     ) -> Result<Manifest, NodeError> {
-        let fetched = self.inner.fetch_blob(root).await?;
-        let bytes =
-            tokio::task::spawn_blocking(move || decode_blob(&fetched.header, fetched.shares))
+        self.fetch_manifest_keeping(root, size, Keep::Later).await
+    }
+
+    /// [`fetch_manifest`](Self::fetch_manifest), caching it as `keep` says.
+    pub(crate) async fn fetch_manifest_keeping(
+        &self,
+        root: &ShareRoot,
+        size: u64,
+        keep: Keep,
+    ) -> Result<Manifest, NodeError> {
+        let bytes = match self.inner.cached_block(root).await? {
+            Some(bytes) => bytes,
+            None => {
+                let fetched = self.inner.fetch_blob(root).await?;
+                let bytes = tokio::task::spawn_blocking(move || {
+                    decode_blob(&fetched.header, fetched.shares)
+                })
                 .await
                 .map_err(|e| NodeError::Control(e.to_string()))??;
+                let bytes = bytes::Bytes::from(bytes);
+                // Manifests are small: always kept, so a file read once opens without the grid.
+                self.inner.keep_block(*root, bytes.clone(), keep).await?;
+                bytes
+            }
+        };
         let manifest = Manifest::decode(&bytes)?;
         if manifest.file_size != size {
             return Err(NodeError::SizeMismatch {

@@ -15,6 +15,7 @@
 //! ```
 
 mod activity;
+mod blocks;
 mod config;
 pub mod control;
 mod dir;
@@ -24,6 +25,7 @@ mod get;
 mod meta;
 mod moves;
 mod node;
+mod pins;
 mod put;
 mod read;
 mod report;
@@ -34,12 +36,14 @@ mod tree;
 mod watch;
 
 pub use activity::ActivityReport;
+pub use blocks::CacheUsage;
 pub use config::{GridConfig, NodeConfig, WebConfig};
 pub use dir::{NodeDir, NodeKeys};
 pub use dirs::{DIR_REPLICAS, DirCap};
 pub use error::NodeError;
 pub use get::GetReport;
 pub use node::{Node, SERVE_DELAY_ENV};
+pub use pins::PinReport;
 pub use put::{PutOptions, PutReport};
 pub use read::{CACHED_CHUNKS, FileReader};
 pub use report::{CheckReport, ChunkHealth, DirConflicts, PeerStatus, StatusReport, StorageStatus};

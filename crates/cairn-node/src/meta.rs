@@ -39,6 +39,7 @@ impl Meta {
         txn.open_table(INVITES)?;
         txn.open_table(REVOKED)?;
         crate::slots::create_tables(&txn)?;
+        crate::pins::create_table(&txn)?;
         txn.commit()?;
         Ok(Meta { db })
     }

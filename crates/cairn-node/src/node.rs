@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn ShareStore>,
     pub(crate) meta: Meta,
     pub(crate) dirs: crate::dirs::Dirs,
+    /// Decrypted chunks and manifests kept on disk (see [`crate::blocks`]).
+    pub(crate) blocks: Arc<crate::blocks::BlockCache>,
     roster: RwLock<BTreeMap<NodeId, RosterEntry>>,
     /// Revoked nodes, each with the grid key's signed statement.
     pub(crate) revoked: RwLock<BTreeMap<NodeId, Revocation>>,
@@ -146,6 +148,14 @@ impl Node {
             Err(e) => return Err(e.into()),
         };
         let meta = Meta::open(&dir.meta_db())?;
+        let cache_dir = dir.cache();
+        let budget = config.block_cache_bytes;
+        let blocks = tokio::task::spawn_blocking(move || {
+            crate::blocks::BlockCache::open(&cache_dir, budget)
+        })
+        .await
+        .map_err(|e| NodeError::Control(e.to_string()))??;
+        blocks.pin(&crate::pins::pinned_blocks(meta.db())?);
         let roster: BTreeMap<NodeId, RosterEntry> = meta
             .roster(&grid.grid)?
             .into_iter()
@@ -168,6 +178,7 @@ impl Node {
             store,
             meta,
             dirs: crate::dirs::Dirs::default(),
+            blocks: Arc::new(blocks),
             roster: RwLock::new(roster),
             revoked: RwLock::new(revoked),
             activity: Default::default(),

@@ -5,20 +5,21 @@
 //! range asked for, several at once. The last few decrypted chunks stay in a small cache, so
 //! many small reads of one chunk (a kernel reads 128 KiB at a time) fetch it once, and two
 //! reads of the same chunk at the same moment share one fetch. [`FileReader::prefetch`] starts
-//! fetches ahead of a sequential reader.
+//! fetches ahead of a sequential reader. Chunks and manifests come from the node's block cache
+//! when it holds them, and what is fetched goes into it (see [`crate::blocks`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use cairn_core::cap::Cap;
-use cairn_core::chunk::open_chunk;
 use cairn_core::crypto::ChunkKey;
 use cairn_core::manifest::ChunkRef;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use crate::NodeError;
+use crate::blocks::Keep;
 use crate::node::{Inner, Node};
 
 /// Decrypted chunks a reader keeps (at most 4 MiB each).
@@ -191,15 +192,9 @@ impl Chunked {
         let plain = cell
             .get_or_try_init(|| async {
                 let span = &self.spans[i];
-                let fetched = self.inner.fetch_blob(&span.chunk.root).await?;
-                let key = span.key.clone();
-                let plain_len = span.chunk.plain_len;
-                let plain = tokio::task::spawn_blocking(move || {
-                    open_chunk(&fetched.header, fetched.shares, &key, plain_len)
-                })
-                .await
-                .map_err(|e| NodeError::Control(e.to_string()))??;
-                Ok::<_, NodeError>(Bytes::from(plain))
+                self.inner
+                    .chunk_plain(&span.chunk, &span.key, Keep::Later)
+                    .await
             })
             .await?;
         Ok(plain.clone())

@@ -46,6 +46,9 @@ pub struct StatusReport {
     /// What the node has done since it started.
     #[serde(default)]
     pub activity: ActivityReport,
+    /// The block cache of decrypted chunks.
+    #[serde(default)]
+    pub cache: crate::CacheUsage,
 }
 
 /// A directory with conflicting entries.
@@ -167,6 +170,7 @@ impl Node {
             conflicts: self.conflicts_seen(),
             revoked: self.revoked(),
             activity: self.inner.activity.report(),
+            cache: self.inner.blocks.usage(),
         })
     }
 

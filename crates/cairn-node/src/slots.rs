@@ -191,6 +191,12 @@ pub(crate) fn held_slots(db: &Database) -> Result<Vec<SlotId>, NodeError> {
     Ok(out)
 }
 
+/// Whether this node keeps versions of `slot`.
+pub(crate) fn holds(db: &Database, slot: &SlotId) -> Result<bool, NodeError> {
+    let txn = db.begin_read()?;
+    Ok(txn.open_table(HEADS)?.get(slot.as_bytes())?.is_some())
+}
+
 /// The holder's heads of `slot`.
 pub(crate) fn heads(db: &Database, slot: &SlotId) -> Result<Vec<VersionId>, NodeError> {
     let txn = db.begin_read()?;

@@ -708,6 +708,58 @@ impl Node {
         }
     }
 
+    /// What pinning `location` keeps: the caps of the directories on the way to it and below
+    /// it, and the caps of the files below it (or of the file itself).
+    pub(crate) async fn pin_set(
+        &self,
+        location: &str,
+    ) -> Result<(Vec<DirCap>, Vec<Cap>), NodeError> {
+        let parsed = Location::parse(location)?;
+        let mut dirs: Vec<DirCap> = Vec::new();
+        let mut target = self.walk_start(&parsed)?;
+        for name in &parsed.parts {
+            let Target::Dir(dir) = &target else {
+                return Err(NodeError::NotADirectory(parsed.display()));
+            };
+            let line = self
+                .lookup(dir, name)
+                .await?
+                .ok_or_else(|| NodeError::NotFound(parsed.display()))?;
+            dirs.push(dir.clone());
+            target = match child_cap(dir, &line.content) {
+                Some(child) => Target::Dir(child),
+                None => Target::Other(line.content.clone()),
+            };
+        }
+        let root = match target {
+            Target::Dir(cap) => cap,
+            Target::Other(Content::File { file, .. }) => return Ok((dirs, vec![file.cap()])),
+            Target::Other(_) => {
+                return Err(NodeError::Invalid(format!(
+                    "{} is a symlink: pin what it points to",
+                    parsed.display()
+                )));
+            }
+        };
+        let mut files = Vec::new();
+        let mut visited: HashSet<SlotId> = dirs.iter().map(DirCap::slot).collect();
+        let mut stack = vec![root];
+        while let Some(cap) = stack.pop() {
+            if !visited.insert(cap.slot()) {
+                continue;
+            }
+            for line in self.listing(&cap).await?.entries {
+                match (child_cap(&cap, &line.content), line.content) {
+                    (Some(child), _) => stack.push(child),
+                    (None, Content::File { file, .. }) => files.push(file.cap()),
+                    (None, _) => {}
+                }
+            }
+            dirs.push(cap);
+        }
+        Ok((dirs, files))
+    }
+
     /// Every file and directory below `location`, depth first: `(relative path, content)`.
     /// Directories are visited once (a cycle or a directory linked twice is not followed).
     pub async fn walk_tree(&self, location: &str) -> Result<Vec<(String, Content)>, NodeError> {

@@ -27,7 +27,7 @@ use cairn_core::cap::Cap;
 use cairn_core::id::NodeId;
 use cairn_node::control::{ControlClient, ControlRequest, FileMeta};
 use cairn_node::setup::{self, InitOptions};
-use cairn_node::{CheckReport, Node, NodeDir, PutReport, StatusReport};
+use cairn_node::{CheckReport, Node, NodeDir, PinReport, PutReport, StatusReport};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -144,6 +144,26 @@ enum Command {
     Revoke {
         /// The node id to revoke (as `cairn status` prints it, in full).
         node: String,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Keep a directory tree (or a file) on this node for offline use: every chunk is fetched
+    /// into the block cache and kept there. Again on a pinned path: bring it up to date.
+    /// Without PATH: list the pins.
+    Pin {
+        /// The path (`/photos`) or cap to keep.
+        path: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Release a pin: its chunks fall back under the block cache's budget.
+    Unpin {
+        /// The path or cap, as pinned.
+        path: String,
         #[command(flatten)]
         dir: DirArg,
         #[command(flatten)]
@@ -449,6 +469,50 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&value);
             }
             outln!("revoked {node}; members refuse it from their next gossip round");
+            Ok(())
+        }
+        Command::Pin {
+            path: None,
+            dir,
+            json,
+        } => {
+            let value = call(&dir.dir, &ControlRequest::Pins).await?;
+            if json.json {
+                return print_json(&value);
+            }
+            let pins: Vec<PinReport> = serde_json::from_value(value)?;
+            if pins.is_empty() {
+                outln!("no pins");
+            }
+            for pin in pins {
+                outln!("{}", pin_line(&pin));
+            }
+            Ok(())
+        }
+        Command::Pin {
+            path: Some(path),
+            dir,
+            json,
+        } => {
+            let value = call(&dir.dir, &ControlRequest::Pin { path }).await?;
+            if json.json {
+                return print_json(&value);
+            }
+            let pin: PinReport = serde_json::from_value(value)?;
+            outln!(
+                "pinned {} ({} fetched now)",
+                pin_line(&pin),
+                size::human(pin.fetched_bytes)
+            );
+            Ok(())
+        }
+        Command::Unpin { path, dir, json } => {
+            let value = call(&dir.dir, &ControlRequest::Unpin { path }).await?;
+            if json.json {
+                return print_json(&value);
+            }
+            let pin: PinReport = serde_json::from_value(value)?;
+            outln!("unpinned {}", pin.location);
             Ok(())
         }
         Command::Put {
@@ -909,6 +973,14 @@ fn print_status(s: &StatusReport) -> Result<()> {
         size::human(a.bytes_got),
         a.shares_served
     );
+    let c = &s.cache;
+    outln!(
+        "cache     {} in {} blocks ({} pinned), budget {}",
+        size::human(c.bytes),
+        c.blocks,
+        size::human(c.pinned_bytes),
+        size::human(c.budget_bytes)
+    );
     if !s.revoked.is_empty() {
         let ids: Vec<String> = s.revoked.iter().map(|id| id.fmt_short()).collect();
         outln!("revoked   {}", ids.join(", "));
@@ -920,6 +992,17 @@ fn print_status(s: &StatusReport) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One pin as `cairn pin` lists it.
+fn pin_line(pin: &PinReport) -> String {
+    format!(
+        "{}: {} files, {} directories, {}",
+        pin.location,
+        pin.files,
+        pin.dirs,
+        size::human(pin.bytes)
+    )
 }
 
 fn humantime(d: Duration) -> String {

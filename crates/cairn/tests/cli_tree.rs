@@ -102,6 +102,19 @@ fn tree_commands_work_and_refuse_bad_input_cleanly() {
     // Errors: one line, exit 1, nothing changed.
     at(&a, &["ls", "/nope"]).failure(&["/nope: no such file or directory"]);
     at(&a, &["ls", "/docs/latest/x"]).failure(&["not a directory"]);
+
+    // Pins: kept for offline use, listed, released; bad paths refused in one line.
+    assert!(at(&a, &["pin"]).success().stdout.contains("no pins"));
+    let pinned = at(&a, &["pin", "/docs"]).success();
+    assert!(pinned.stdout.starts_with("pinned /docs: "), "{pinned}");
+    let pins = at(&a, &["pin", "--json"]).success().json();
+    assert_eq!(pins[0]["location"], "/docs");
+    assert!(pins[0]["bytes"].as_u64().unwrap() >= 200_000, "{pins}");
+    let status = at(&a, &["status", "--json"]).success().json();
+    assert!(status["cache"]["pinned_bytes"].as_u64().unwrap() >= 200_000);
+    at(&a, &["pin", "/nope"]).failure(&["/nope: no such file or directory"]);
+    at(&a, &["unpin", "/docs/2026"]).failure(&["/docs/2026 is not pinned"]);
+    assert!(at(&a, &["unpin", "/docs"]).success().stdout.contains("unpinned /docs"));
     at(
         &a,
         &["get", "/docs/2026", "-o", g.env.out("d").to_str().unwrap()],
