@@ -154,6 +154,23 @@ pub fn open_with(
     Ok(ciphertext)
 }
 
+/// Decrypts `sealed` (ciphertext and tag) in place; returns the plaintext's length (it starts
+/// at `sealed[0]`). Fails with [`CoreError::Aead`] on a wrong key or tampered bytes.
+pub fn open_in_place_with(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &mut [u8],
+) -> Result<usize, CoreError> {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| CoreError::Aead)?);
+    key.open_in_place(
+        Nonce::assume_unique_for_key([0; 12]),
+        Aad::from(aad),
+        sealed,
+    )
+    .map(|plain| plain.len())
+    .map_err(|_| CoreError::Aead)
+}
+
 /// Seals an encoded payload E under its chunk key: AES-256-GCM, zero nonce, associated data
 /// [`FORMAT_ID`], tag appended in place.
 pub fn seal(key: &ChunkKey, encoded: Vec<u8>) -> Vec<u8> {

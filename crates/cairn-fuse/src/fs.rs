@@ -36,7 +36,7 @@ pub const LISTING_TTL: Duration = Duration::from_secs(1);
 /// The longest a directory operation or a read may take before it fails with `EIO`.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How far ahead of a sequential reader chunks are fetched.
-pub const READ_AHEAD: usize = 8 * 1024 * 1024;
+pub const READ_AHEAD: usize = 16 * 1024 * 1024;
 /// Block size reported by `stat` (what `cp` and `dd` size their buffers by).
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -803,7 +803,7 @@ impl Shared {
         Ok(fh)
     }
 
-    async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, NodeError> {
+    async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, NodeError> {
         let (ino, reader, sequential) = {
             let mut handles = locked(&self.handles);
             match handles.get_mut(&fh) {
@@ -820,6 +820,7 @@ impl Shared {
         if let Some(staged) = locked(&self.staged).get(&ino).cloned() {
             return staged
                 .read_at(offset, size as usize)
+                .map(bytes::Bytes::from)
                 .map_err(|e| NodeError::io(&self.staging_dir, e));
         }
         let reader = match reader {
@@ -841,8 +842,7 @@ impl Shared {
         if sequential {
             reader.prefetch(offset + u64::from(size), READ_AHEAD);
         }
-        let data = limited(reader.read_at(offset, size as usize)).await?;
-        Ok(data.to_vec())
+        limited(reader.read_at(offset, size as usize)).await
     }
 
     fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, NodeError> {

@@ -23,7 +23,7 @@ use crate::blocks::Keep;
 use crate::node::{Inner, Node};
 
 /// Decrypted chunks a reader keeps (at most 4 MiB each).
-pub const CACHED_CHUNKS: usize = 8;
+pub const CACHED_CHUNKS: usize = 16;
 /// Chunks one read fetches at once.
 const FETCHES_AT_ONCE: usize = 4;
 
@@ -142,6 +142,15 @@ impl FileReader {
             Source::Chunks(c) => c,
         };
         let (first, last) = chunked.covering(offset, end);
+        if first == last {
+            // Within one chunk (most reads): a view of it, no copy.
+            let plain = chunked.chunk(first).await?;
+            let start = chunked.spans[first].start;
+            let from = (offset - start) as usize;
+            let to = ((end - start) as usize).min(plain.len());
+            chunked.inner.activity.read((to - from) as u64);
+            return Ok(plain.slice(from..to));
+        }
         let mut parts = futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i)))
             .buffered(FETCHES_AT_ONCE);
         let mut out = BytesMut::with_capacity((end - offset) as usize);
@@ -170,6 +179,9 @@ impl FileReader {
         }
         let (first, last) = chunked.covering(offset, end);
         for i in first..=last.min(first + CACHED_CHUNKS / 2) {
+            if chunked.started(i) {
+                continue;
+            }
             let chunked = chunked.clone();
             tokio::spawn(async move {
                 let _ = chunked.chunk(i).await;
@@ -198,6 +210,12 @@ impl Chunked {
             })
             .await?;
         Ok(plain.clone())
+    }
+
+    /// Whether chunk `i` is cached or being fetched.
+    fn started(&self, i: usize) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.iter().any(|(j, _)| *j == i)
     }
 
     /// The cache cell of chunk `i`, made most recently used; a new one when absent.

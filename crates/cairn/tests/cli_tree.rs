@@ -114,7 +114,12 @@ fn tree_commands_work_and_refuse_bad_input_cleanly() {
     assert!(status["cache"]["pinned_bytes"].as_u64().unwrap() >= 200_000);
     at(&a, &["pin", "/nope"]).failure(&["/nope: no such file or directory"]);
     at(&a, &["unpin", "/docs/2026"]).failure(&["/docs/2026 is not pinned"]);
-    assert!(at(&a, &["unpin", "/docs"]).success().stdout.contains("unpinned /docs"));
+    assert!(
+        at(&a, &["unpin", "/docs"])
+            .success()
+            .stdout
+            .contains("unpinned /docs")
+    );
     at(
         &a,
         &["get", "/docs/2026", "-o", g.env.out("d").to_str().unwrap()],
