@@ -102,6 +102,17 @@ impl Content {
         }
     }
 
+    /// The same target (and move mark) with other metadata.
+    pub fn with_meta(&self, meta: Meta) -> Content {
+        let mut out = self.clone();
+        match &mut out {
+            Content::File { meta: m, .. }
+            | Content::Dir { meta: m, .. }
+            | Content::Symlink { meta: m, .. } => *m = meta,
+        }
+        out
+    }
+
     /// Whether this is a subdirectory.
     pub fn is_dir(&self) -> bool {
         matches!(self, Content::Dir { .. })

@@ -78,7 +78,8 @@ pub(crate) struct Shared {
     next_fh: AtomicU64,
     staged: Mutex<HashMap<u64, Arc<Staged>>>,
     listings: Mutex<HashMap<SlotId, (Instant, Arc<LsReport>)>>,
-    /// Directory mode and mtime set through this mount (kept for the mount's life only).
+    /// Mode and mtime of the mount's root set through this mount (kept for the mount's life:
+    /// the root has no entry to hold them).
     dir_meta: Mutex<HashMap<u64, Meta>>,
     watched: Mutex<HashSet<SlotId>>,
     pub(crate) notifier: OnceLock<Notifier>,
@@ -389,17 +390,12 @@ impl Shared {
         let attr = self.lookup(parent, name).await?;
         let mode = mode & 0o7777;
         if mode != u32::from(attr.perm) {
-            locked(&self.dir_meta).insert(
-                attr.ino.0,
-                Meta {
-                    mode,
-                    mtime_ns: ns_of_time(attr.mtime),
-                },
-            );
-            return Ok(FileAttr {
-                perm: mode as u16,
-                ..attr
-            });
+            let meta = Meta {
+                mode,
+                mtime_ns: ns_of_time(attr.mtime),
+            };
+            self.set_entry_meta(attr.ino.0, meta).await?;
+            return self.lookup(parent, name).await;
         }
         Ok(attr)
     }
@@ -671,46 +667,23 @@ impl Shared {
             return Err(NodeError::ReadOnly(String::new()));
         }
         let current = self.stat(ino).await?;
+        let meta = Meta {
+            mode: mode.map_or(u32::from(current.perm), |m| m & 0o7777),
+            mtime_ns: mtime_ns.unwrap_or_else(|| ns_of_time(current.mtime)),
+        };
         match current.kind {
             FileType::Directory => {
                 if size.is_some() {
                     return Err(NodeError::IsADirectory(String::new()));
                 }
-                if ino != ROOT {
-                    let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
-                    self.writable_dir(parent).await?;
-                }
-                let mut dir_meta = locked(&self.dir_meta);
-                let meta = dir_meta.entry(ino).or_insert(Meta {
-                    mode: u32::from(current.perm),
-                    mtime_ns: ns_of_time(current.mtime),
-                });
-                if let Some(m) = mode {
-                    meta.mode = m & 0o7777;
-                }
-                if let Some(t) = mtime_ns {
-                    meta.mtime_ns = t;
+                if ino == ROOT {
+                    // The mount's root has no entry to keep it in: it holds for the mount's life.
+                    locked(&self.dir_meta).insert(ROOT, meta);
+                } else {
+                    self.set_entry_meta(ino, meta).await?;
                 }
             }
-            FileType::Symlink => {
-                if let Some(t) = mtime_ns {
-                    let (_, parent, name) = self.place(ino).await?;
-                    let entry = self
-                        .entry(&parent, &name)
-                        .await?
-                        .ok_or_else(|| NodeError::NotFound(name.clone()))?;
-                    let content = cairn_dir::Content::Symlink {
-                        target: entry.target.unwrap_or_default(),
-                        meta: Meta {
-                            mode: entry.mode,
-                            mtime_ns: t,
-                        },
-                    };
-                    let location = format!("{}/{name}", cap_text(&parent));
-                    limited(self.node.link(&location, content, true)).await?;
-                    self.forget_listing(&parent);
-                }
-            }
+            FileType::Symlink => self.set_entry_meta(ino, meta).await?,
             _ => {
                 let open = locked(&self.staged).get(&ino).cloned();
                 match (open, size) {
@@ -738,28 +711,23 @@ impl Shared {
                         staged.mark_dirty(Some(mtime_ns.unwrap_or_else(now_ns)))?;
                         self.release_writer(ino).await?;
                     }
-                    (None, None) => {
-                        let (_, parent, name) = self.place(ino).await?;
-                        let location = format!("{}/{name}", cap_text(&parent));
-                        let entry = self
-                            .entry(&parent, &name)
-                            .await?
-                            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
-                        let cap = limited(self.node.resolve_file(&location)).await?;
-                        let file = cairn_dir::FileRef::new(cap)
-                            .ok_or_else(|| NodeError::Invalid("not a file cap".into()))?;
-                        let meta = Meta {
-                            mode: mode.map_or(entry.mode, |m| m & 0o7777),
-                            mtime_ns: mtime_ns.unwrap_or(entry.mtime_ns),
-                        };
-                        let content = cairn_dir::Content::File { file, meta };
-                        limited(self.node.link(&location, content, true)).await?;
-                        self.forget_listing(&parent);
-                    }
+                    (None, None) => self.set_entry_meta(ino, meta).await?,
                 }
             }
         }
         self.stat(ino).await
+    }
+
+    /// Stores `meta` in the entry of `ino` (kept with the entry, seen by every node).
+    async fn set_entry_meta(&self, ino: u64, meta: Meta) -> Result<(), NodeError> {
+        let (_, parent, name) = self.place(ino).await?;
+        if parent.write_cap().is_none() {
+            return Err(NodeError::ReadOnly(name));
+        }
+        let location = format!("{}/{name}", cap_text(&parent));
+        limited(self.node.set_meta(&location, meta)).await?;
+        self.forget_listing(&parent);
+        Ok(())
     }
 
     async fn open(&self, ino: u64, flags: i32) -> Result<u64, NodeError> {

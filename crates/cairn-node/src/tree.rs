@@ -453,6 +453,34 @@ impl Node {
         Ok(parsed.display())
     }
 
+    /// Sets the mode and mtime of the entry at `location` (file, directory or symlink), keeping
+    /// its target; a directory keeps its move mark, so moves are judged as before.
+    pub async fn set_meta(&self, location: &str, meta: Meta) -> Result<(), NodeError> {
+        let location = Location::parse(location)?;
+        let (parent, name, _) = self.parent_for_write(&location).await?;
+        let shown = location.display();
+        let verdicts = self
+            .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
+            .await?;
+        self.edit_dir(&parent, move |edit| {
+            let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m))
+                .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
+            // The value as stored (a listing drops move marks).
+            let stored = edit
+                .state()
+                .entries
+                .get(&line.id)
+                .and_then(|e| e.content.0.get(&line.dot))
+                .map_or(line.content, |s| s.value.clone());
+            if stored.meta() == meta {
+                return Ok(());
+            }
+            edit.set_content(line.id, stored.with_meta(meta))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Links many entries into the directory at `location` in one version (what `cp -r` uses).
     /// Existing files of the same names are replaced; directories are not.
     pub async fn link_many(

@@ -651,3 +651,53 @@ async fn concurrent_reads_of_a_changed_directory_all_see_the_change() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_meta_changes_mode_and_mtime_and_keeps_the_target() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0);
+        node.mkdir("/docs/inner", true).await.unwrap();
+        let data = random_bytes(9, 50_000);
+        node.link("/docs/a.txt", put_file(node, &data).await, false)
+            .await
+            .unwrap();
+        let meta = |mode, mtime_ns| Meta { mode, mtime_ns };
+        node.set_meta("/docs/inner", meta(0o700, 1_234_000_000_007))
+            .await
+            .unwrap();
+        node.set_meta("/docs/a.txt", meta(0o600, 42)).await.unwrap();
+        let ls = node.ls("/docs").await.unwrap();
+        let line = |name: &str| ls.entries.iter().find(|e| e.name == name).unwrap().clone();
+        assert_eq!(
+            (line("inner").mode, line("inner").mtime_ns),
+            (0o700, 1_234_000_000_007)
+        );
+        assert_eq!((line("a.txt").mode, line("a.txt").mtime_ns), (0o600, 42));
+        // Same targets: the file reads, the directory still holds what it held.
+        assert_eq!(read(node, "/docs/a.txt").await.unwrap(), data);
+        node.mkdir("/docs/inner/x", false).await.unwrap();
+        assert_eq!(names(&node.ls("/docs/inner").await.unwrap()), ["x"]);
+        // Another member with the cap sees the new metadata.
+        let cap = node.share("/docs", false).await.unwrap();
+        let other = grid.node(3).ls(&cap).await.unwrap();
+        assert!(
+            other
+                .entries
+                .iter()
+                .any(|e| e.name == "inner" && e.mode == 0o700)
+        );
+        assert!(matches!(
+            node.set_meta("/docs/nope", meta(0o644, 0)).await,
+            Err(NodeError::NotFound(_))
+        ));
+        assert!(matches!(
+            grid.node(3)
+                .set_meta(&format!("{cap}/a.txt"), meta(0o644, 0))
+                .await,
+            Err(NodeError::ReadOnly(_))
+        ));
+    })
+    .await
+    .expect("test timed out");
+}

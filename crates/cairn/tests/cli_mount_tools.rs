@@ -46,7 +46,7 @@ fn sh(script: &str) -> String {
 }
 
 /// A tree with nested directories, files of several sizes (one of 3 MiB), a symlink, and
-/// distinct modes and mtimes.
+/// distinct modes and mtimes (of directories too).
 fn make_tree(root: &Path) {
     for (i, sub) in ["", "lib", "lib/deep", "docs"].iter().enumerate() {
         let d = root.join(sub);
@@ -64,14 +64,15 @@ fn make_tree(root: &Path) {
         "chmod 600 {r}/f1.dat; chmod 755 {r}/lib/f2.dat; chmod 640 {r}/docs/f0.dat; \
          chmod 444 {r}/lib/deep/f1.dat; \
          touch -d '2020-01-02 03:04:05' {r}/f0.dat; touch -d '2019-05-06 07:08:09' {r}/lib/big.bin; \
-         touch -d '2021-12-31 23:59:59' {r}/docs/f2.dat"
+         touch -d '2021-12-31 23:59:59' {r}/docs/f2.dat; \
+         chmod 750 {r}/lib/deep; touch -d '2018-03-04 05:06:07' {r}/docs"
     ));
 }
 
-/// `path mode mtime` of every file and symlink under `root`, sorted.
+/// `path mode mtime` of every file, symlink and directory under `root`, sorted.
 fn modes_and_mtimes(root: &str) -> String {
     sh(&format!(
-        "cd {root} && find . \\( -type f -o -type l \\) | sort | while read f; do \
+        "cd {root} && find . -mindepth 1 | sort | while read f; do \
          echo \"$f $(stat -c '%a %Y' \"$f\")\"; done"
     ))
 }
