@@ -37,6 +37,10 @@ pub const LISTING_TTL: Duration = Duration::from_secs(1);
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How far ahead of a sequential reader chunks are fetched.
 pub const READ_AHEAD: usize = 16 * 1024 * 1024;
+/// A file held open for writing is uploaded in the background once no write came for this long.
+pub const UPLOAD_WHEN_IDLE: Duration = Duration::from_secs(5);
+/// ... and at least this often while writes keep coming.
+pub const UPLOAD_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 /// Block size reported by `stat` (what `cp` and `dd` size their buffers by).
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -582,6 +586,35 @@ impl Shared {
         };
         let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
         self.upload(&staged, parent).await
+    }
+
+    /// Uploads, in the background, files held open for writing that changed and then stayed
+    /// unchanged for [`UPLOAD_WHEN_IDLE`] (or have been changing for
+    /// [`UPLOAD_AT_LEAST_EVERY`]), so a long-open file reaches the grid before it is closed.
+    /// Runs until the mount ends.
+    pub(crate) async fn upload_long_open_files(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let due: Vec<u64> = locked(&self.staged)
+                .iter()
+                .filter(|(_, staged)| {
+                    let state = staged.lock();
+                    state.dirty
+                        && state.writers > 0
+                        && state.changed_at.is_some_and(|(last, first)| {
+                            last.elapsed() >= UPLOAD_WHEN_IDLE
+                                || first.elapsed() >= UPLOAD_AT_LEAST_EVERY
+                        })
+                })
+                .map(|(ino, _)| *ino)
+                .collect();
+            for ino in due {
+                if let Err(e) = self.upload_ino(ino).await {
+                    debug!(error = %e, "background upload of an open file failed; retrying later");
+                }
+            }
+        }
     }
 
     /// One writer of `ino` closed: the last one uploads and drops the staged copy.

@@ -26,5 +26,7 @@ mod inode;
 mod mounts;
 mod staging;
 
-pub use fs::{LISTING_TTL, OP_TIMEOUT, READ_AHEAD, UploadStats};
+pub use fs::{
+    LISTING_TTL, OP_TIMEOUT, READ_AHEAD, UPLOAD_AT_LEAST_EVERY, UPLOAD_WHEN_IDLE, UploadStats,
+};
 pub use mounts::{Mounts, is_mount_point};

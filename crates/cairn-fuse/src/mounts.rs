@@ -289,12 +289,18 @@ impl Mounts {
             let shared = shared.clone();
             let mut changes = self.node.dir_changes();
             tokio::spawn(async move {
-                loop {
-                    match changes.recv().await {
-                        Ok(slot) => shared.changed(slot).await,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => return,
+                let follow = async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(slot) => shared.changed(slot).await,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return,
+                        }
                     }
+                };
+                tokio::select! {
+                    () = follow => {}
+                    () = shared.upload_long_open_files() => {}
                 }
             })
         };

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_core::cap::Cap;
 use cairn_dir::{Content, FileRef, Meta};
@@ -42,6 +42,8 @@ pub(crate) struct StagedState {
     pub(crate) entry: JournalEntry,
     /// Changed since the last upload.
     pub(crate) dirty: bool,
+    /// When it was last changed, and when it first changed after its last upload.
+    pub(crate) changed_at: Option<(Instant, Instant)>,
     /// Open handles writing through it.
     pub(crate) writers: usize,
 }
@@ -107,6 +109,7 @@ impl Staged {
                     mtime_ns: meta.mtime_ns,
                 },
                 dirty: false,
+                changed_at: None,
                 writers: 0,
             }),
             upload: tokio::sync::Mutex::new(()),
@@ -151,6 +154,9 @@ impl Staged {
         }
         let first = !state.dirty;
         state.dirty = true;
+        let now = Instant::now();
+        let since = state.changed_at.filter(|_| !first).map_or(now, |(_, s)| s);
+        state.changed_at = Some((now, since));
         if first {
             self.write_journal(&state.entry)?;
         }

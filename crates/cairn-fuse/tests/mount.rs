@@ -554,3 +554,43 @@ async fn two_nodes_writing_one_file_through_their_mounts_keep_both_versions() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_held_open_reaches_the_grid_once_its_writes_pause() {
+    require_fuse!();
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let base = tempfile::tempdir().unwrap();
+        let (mounts, m) = mount(&node, base.path(), "a", None).await;
+        let path = m.join("log.txt");
+        let (close, closed) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut f = fs::File::create(&path).unwrap();
+            f.write_all(b"written, then left open").unwrap();
+            closed.recv().unwrap();
+        });
+        let started = Instant::now();
+        loop {
+            if let Ok(cap) = node.resolve_file("/log.txt").await {
+                let mut out = Vec::new();
+                node.get(&cap, &mut out).await.unwrap();
+                if out == b"written, then left open" {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < cairn_fuse::UPLOAD_WHEN_IDLE + Duration::from_secs(10),
+                "the open file never reached the grid"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("open file on the grid after {:?}", started.elapsed());
+        close.send(()).unwrap();
+        blocking(move || writer.join().unwrap()).await;
+        mounts.unmount_at(&m).await.unwrap();
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
