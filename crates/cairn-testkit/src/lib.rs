@@ -20,6 +20,16 @@ use cairn_node::setup::{self, InitOptions};
 use cairn_node::{Node, NodeDir};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A loopback address no other node of this process listens on (`127.a.b.c`, port 0: the port
+/// is picked at init and kept). With an address of its own, a node's port cannot be taken by
+/// another test's node while it is stopped or not started yet.
+pub fn loopback() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let a = (std::process::id() % 250 + 1) as u8;
+    SocketAddr::from(([127, a, (n / 250 % 250) as u8, (n % 250 + 2) as u8], 0))
+}
+
 /// Options of a test grid.
 #[derive(Clone, Debug)]
 pub struct GridOptions {
@@ -69,7 +79,7 @@ impl TestGrid {
         for (i, dir) in dirs.iter().enumerate() {
             let init = InitOptions {
                 encoding: options.encoding,
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                listen: loopback(),
                 capacity_bytes: Some(options.capacities.get(i).copied().unwrap_or(10 << 30)),
                 storage: true,
             };

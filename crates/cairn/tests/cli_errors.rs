@@ -19,7 +19,7 @@ fn join(code: &str, dir: &Path) -> Out {
         OsStr::new("--dir"),
         dir.as_os_str(),
         OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
+        OsStr::new(&loopback()),
     ])
 }
 
@@ -29,7 +29,7 @@ fn init(dir: &Path) -> Out {
         OsStr::new("--dir"),
         dir.as_os_str(),
         OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
+        OsStr::new(&loopback()),
     ])
 }
 
@@ -294,7 +294,7 @@ fn single_node(env: &Env) -> (std::path::PathBuf, Daemon) {
         OsStr::new("--dir"),
         a.as_os_str(),
         OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
+        OsStr::new(&loopback()),
         OsStr::new("-k"),
         OsStr::new("1"),
         OsStr::new("-n"),

@@ -141,7 +141,7 @@ fn init_encoding_shows_in_status() {
         "--dir".as_ref(),
         a.as_os_str(),
         "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
+        loopback().as_ref(),
         "-k".as_ref(),
         "2".as_ref(),
         "-n".as_ref(),
@@ -167,7 +167,7 @@ fn init_encoding_shows_in_status() {
         "--dir".as_ref(),
         b.as_os_str(),
         "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
+        loopback().as_ref(),
     ])
     .success();
     let _nb = Daemon::start(&b, &env.log_path("B"));
@@ -189,7 +189,7 @@ fn init_encoding_shows_in_status() {
         "-n".as_ref(),
         "6".as_ref(),
         "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
+        loopback().as_ref(),
     ])
     .success();
     let grid_toml = std::fs::read_to_string(c.join("grid.toml")).unwrap();
@@ -225,7 +225,7 @@ fn json_output_of_every_command_parses() {
         arg("--dir"),
         p(&a),
         arg("--listen"),
-        arg("127.0.0.1:0"),
+        arg(&loopback()),
         arg("-k"),
         arg("1"),
         arg("-n"),
@@ -256,7 +256,7 @@ fn json_output_of_every_command_parses() {
         arg("--dir"),
         p(&b),
         arg("--listen"),
-        arg("127.0.0.1:0"),
+        arg(&loopback()),
     ])
     .success()
     .json();

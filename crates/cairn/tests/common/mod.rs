@@ -409,7 +409,7 @@ impl Grid {
         let dirs: Vec<PathBuf> = names.iter().map(|n| env.join(n)).collect();
         let mut nodes = Vec::new();
         let mut init: Vec<OsString> = vec!["init".into(), "--dir".into(), dirs[0].clone().into()];
-        init.extend(["--listen", "127.0.0.1:0"].map(OsString::from));
+        init.extend([OsString::from("--listen"), OsString::from(loopback())]);
         init.extend(init_extra.iter().map(OsString::from));
         cairn(init).success();
         nodes.push(Daemon::start(&dirs[0], &env.log_path(&names[0])));
@@ -421,7 +421,7 @@ impl Grid {
                 OsStr::new("--dir"),
                 dir.as_os_str(),
                 OsStr::new("--listen"),
-                OsStr::new("127.0.0.1:0"),
+                OsStr::new(&loopback()),
             ])
             .success();
             nodes.push(Daemon::start(dir, &env.log_path(name)));
@@ -578,6 +578,12 @@ pub fn assert_no_output(out: &Path) {
 }
 
 /// Pseudo-random bytes (xorshift seeded from the OS), incompressible.
+/// A `--listen` address no other node of this test process uses (see
+/// [`cairn_testkit::loopback`]).
+pub fn loopback() -> String {
+    cairn_testkit::loopback().to_string()
+}
+
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut x: u64 = rand::random::<u64>() | 1;
     let mut v = Vec::with_capacity(len + 8);
