@@ -12,7 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cairn_core::cap::Cap;
 use cairn_core::{DirWriteCap, SlotId};
 use cairn_dir::{
-    Content, DirState, EntryId, Listed, Listing, Meta, Move, MoveMark, SealedWriteCap, check_name,
+    Content, DirState, Edit, EntryId, Listed, Listing, Meta, Move, MoveMark, SealedWriteCap,
+    check_name,
 };
 use serde::{Deserialize, Serialize};
 
@@ -405,21 +406,34 @@ impl Node {
             .await
     }
 
-    async fn link_at(
+    /// Edits the writable parent of `location` with `change`, which is handed the line named by
+    /// the location's last part (if there is one), that name, and the location as shown.
+    async fn edit_named<R>(
         &self,
         location: &Location,
-        content: Content,
-        replace: bool,
-    ) -> Result<(), NodeError> {
+        change: impl FnOnce(&mut Edit<'_>, Option<Listed>, &str, String) -> Result<R, NodeError>,
+    ) -> Result<R, NodeError> {
         let (parent, name, _) = self.parent_for_write(location).await?;
         let shown = location.display();
         let verdicts = self
             .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
             .await?;
         self.edit_dir(&parent, move |edit| {
-            let existing = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m));
+            let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m));
+            change(edit, line, &name, shown)
+        })
+        .await
+    }
+
+    async fn link_at(
+        &self,
+        location: &Location,
+        content: Content,
+        replace: bool,
+    ) -> Result<(), NodeError> {
+        self.edit_named(location, move |edit, existing, name, shown| {
             match existing {
-                None => edit.create(EntryId(rand::random()), &name, content)?,
+                None => edit.create(EntryId(rand::random()), name, content)?,
                 Some(line) if line.content.is_dir() => {
                     return Err(NodeError::IsADirectory(shown));
                 }
@@ -457,14 +471,8 @@ impl Node {
     /// its target; a directory keeps its move mark, so moves are judged as before.
     pub async fn set_meta(&self, location: &str, meta: Meta) -> Result<(), NodeError> {
         let location = Location::parse(location)?;
-        let (parent, name, _) = self.parent_for_write(&location).await?;
-        let shown = location.display();
-        let verdicts = self
-            .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
-            .await?;
-        self.edit_dir(&parent, move |edit| {
-            let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m))
-                .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
+        self.edit_named(&location, move |edit, line, _, shown| {
+            let line = line.ok_or(NodeError::NotFound(shown))?;
             // The value as stored (a listing drops move marks).
             let stored = edit
                 .state()
@@ -528,14 +536,8 @@ impl Node {
     /// Removes the entry at `location`; a directory needs `recursive`.
     pub async fn rm(&self, location: &str, recursive: bool) -> Result<(), NodeError> {
         let location = Location::parse(location)?;
-        let (parent, name, _) = self.parent_for_write(&location).await?;
-        let shown = location.display();
-        let verdicts = self
-            .verdicts(&DirCap::Write(parent.clone()), Some(&[name.as_str()]))
-            .await?;
-        self.edit_dir(&parent, move |edit| {
-            let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m))
-                .ok_or_else(|| NodeError::NotFound(shown.clone()))?;
+        self.edit_named(&location, move |edit, line, _, shown| {
+            let line = line.ok_or_else(|| NodeError::NotFound(shown.clone()))?;
             if line.content.is_dir() && !recursive {
                 return Err(NodeError::IsADirectory(format!(
                     "{shown} (use -r to remove a directory)"
