@@ -529,11 +529,19 @@ async fn two_nodes_writing_one_file_through_their_mounts_keep_both_versions() {
         tokio::join!(wa, wb);
         a.set_edit_delay(None);
         b.set_edit_delay(None);
-        let ls = a.ls("/shared").await.unwrap();
-        let mut contents = Vec::new();
-        for e in &ls.entries {
-            contents.push(read_via(&a, &format!("/shared/{}", e.name)).await);
-        }
+        // A watches the directory (its mount looked at it): B's version reaches it by push.
+        let started = std::time::Instant::now();
+        let (ls, contents) = loop {
+            let ls = a.ls("/shared").await.unwrap();
+            let mut contents = Vec::new();
+            for e in &ls.entries {
+                contents.push(read_via(&a, &format!("/shared/{}", e.name)).await);
+            }
+            if contents.len() > 1 || started.elapsed() > Duration::from_secs(5) {
+                break (ls, contents);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         eprintln!(
             "after concurrent writes: {:?}",
             ls.entries.iter().map(|e| &e.name).collect::<Vec<_>>()

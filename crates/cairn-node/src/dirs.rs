@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_core::id::{ShareRoot, SlotId, VersionId};
 use cairn_core::wire::{MAX_VERSIONS, Refusal, Request, Response};
@@ -39,6 +39,10 @@ const GC_EVERY_EDITS: u32 = 64;
 
 /// How many holders keep each directory's versions.
 pub const DIR_REPLICAS: usize = 3;
+/// How long a watched directory's state is trusted without asking its holders, while every
+/// holder has promised to push its changes here: a push that was lost (a holder restarted and
+/// forgot its watchers) is made up for within this time.
+pub(crate) const TRUST_WATCHED_FOR: Duration = Duration::from_secs(30);
 
 /// A directory capability: writecap or readcap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +111,11 @@ pub(crate) struct Dirs {
     pub(crate) watchers: Mutex<HashMap<SlotId, HashMap<cairn_core::NodeId, std::time::Instant>>>,
     /// As a reader: the slots this node watches, with their caps.
     pub(crate) watched: Mutex<HashMap<SlotId, DirReadCap>>,
+    /// As a reader: per watched slot, until when every holder asked has promised to push its
+    /// changes here.
+    pub(crate) pushed_until: Mutex<HashMap<SlotId, Instant>>,
+    /// When each slot was last gathered from its holders (with at least one answer).
+    gathered_at: Mutex<HashMap<SlotId, Instant>>,
     /// Announces each watched slot that changed.
     pub(crate) changes: tokio::sync::broadcast::Sender<SlotId>,
 }
@@ -123,6 +132,8 @@ impl Default for Dirs {
             edit_delay: Mutex::default(),
             watchers: Mutex::default(),
             watched: Mutex::default(),
+            pushed_until: Mutex::default(),
+            gathered_at: Mutex::default(),
             changes: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -469,9 +480,32 @@ impl Node {
         taken.map(|arc| Arc::try_unwrap(arc).unwrap_or_else(|shared| (*shared).clone()))
     }
 
+    /// Whether the cached state of `slot` is current without asking its holders: every holder
+    /// pushes its changes here, and the last gather is under [`TRUST_WATCHED_FOR`] old.
+    fn trusted(&self, slot: &SlotId) -> bool {
+        let now = Instant::now();
+        locked(&self.inner.dirs.pushed_until)
+            .get(slot)
+            .is_some_and(|until| *until > now)
+            && locked(&self.inner.dirs.gathered_at)
+                .get(slot)
+                .is_some_and(|at| now.duration_since(*at) < TRUST_WATCHED_FOR)
+    }
+
     /// The directory's current state: the cached state joined with whatever the holders have
-    /// that it lacks.
+    /// that it lacks. A watched directory whose holders push every change is not asked again
+    /// (see [`trusted`](Self::trusted)).
     pub(crate) async fn load_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
+        if let Some(cached) = self.cached(&cap.slot())
+            && self.trusted(&cap.slot())
+        {
+            return Ok(cached);
+        }
+        self.refresh_dir(cap).await
+    }
+
+    /// Like [`load_dir`](Self::load_dir), but always asks the holders (a change was pushed).
+    pub(crate) async fn refresh_dir(&self, cap: &DirReadCap) -> Result<Arc<Cached>, NodeError> {
         let slot = cap.slot();
         locked(&self.inner.dirs.caps)
             .entry(slot)
@@ -479,9 +513,13 @@ impl Node {
         let (fresh, _merging, taken) = loop {
             let cached = self.cached(&slot);
             let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
+            let asked = Instant::now();
             let gathered = self.gather(cap, &have).await;
             if gathered.answered == 0 && cached.is_none() {
                 return Err(NodeError::DirUnreachable(slot.fmt_short()));
+            }
+            if gathered.answered > 0 {
+                locked(&self.inner.dirs.gathered_at).insert(slot, asked);
             }
             let mut fresh: Vec<(Version, VersionBody)> = gathered
                 .versions

@@ -37,8 +37,8 @@ const FIRST_GOSSIP_DELAY: Duration = Duration::from_millis(1500);
 const DOWN_BACKOFF: Duration = Duration::from_secs(15);
 /// The most share and header bytes one [`Response::Shares`] carries (under the frame limit).
 const SHARES_ANSWER_BUDGET: usize = cairn_core::wire::MAX_FRAME - 1024 * 1024;
-/// Environment variable naming a delay (ms) added before this node serves each share: a
-/// test-only knob to simulate a slow holder.
+/// Environment variable naming a delay (ms) added before this node serves each share or
+/// directory-version request: a test-only knob to simulate a slow holder.
 pub const SERVE_DELAY_ENV: &str = "CAIRN_TEST_SERVE_DELAY_MS";
 /// How long a new member certificate is valid (about 100 years: revocation, not expiry, is how
 /// members are removed).
@@ -292,7 +292,8 @@ impl Node {
         })
     }
 
-    /// Test knob: delay every share this node serves by `delay` (a slow holder). The
+    /// Test knob: delay every share and directory-version request this node serves by `delay`
+    /// (a slow holder). The
     /// [`SERVE_DELAY_ENV`] variable sets it at start.
     pub fn set_serve_delay(&self, delay: Option<Duration>) {
         *self
@@ -507,10 +508,7 @@ impl Inner {
                 }
             }
             Request::GetShare { root, index, range } => {
-                let delay = *self.serve_delay.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
+                self.serve_pause().await;
                 let store = self.store.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     store.get(&root, index, range.map(|(s, e)| s..e))
@@ -552,7 +550,10 @@ impl Inner {
             }
             Request::GetShares { shares } => self.serve_get_shares(shares).await,
             Request::PutVersion { version } => self.serve_put_version(peer, version).await,
-            Request::GetVersions { slot, have } => self.serve_get_versions(slot, have).await,
+            Request::GetVersions { slot, have } => {
+                self.serve_pause().await;
+                self.serve_get_versions(slot, have).await
+            }
             Request::Watch { slots, ttl_secs } => self.serve_watch(peer, slots, ttl_secs),
             Request::Changed { version } => self.serve_changed(version),
             Request::Revocations { revocations } => {
@@ -628,12 +629,18 @@ impl Inner {
         }
     }
 
-    /// Reads whole shares; the reader verifies them.
-    async fn serve_get_shares(self: &Arc<Self>, shares: Vec<(ShareRoot, u8)>) -> Response {
+    /// The test knob's pause before serving a share or directory versions (see
+    /// [`Node::set_serve_delay`]).
+    async fn serve_pause(&self) {
         let delay = *self.serve_delay.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Reads whole shares; the reader verifies them.
+    async fn serve_get_shares(self: &Arc<Self>, shares: Vec<(ShareRoot, u8)>) -> Response {
+        self.serve_pause().await;
         let store = self.store.clone();
         let result = tokio::task::spawn_blocking(move || {
             // The answer must fit in a frame: past the budget, the rest are not read and

@@ -6,6 +6,11 @@
 //! [`Request::Changed`] (not back to the node it came from). The watcher checks it like any
 //! version (it fetches what it lacks from the holders, so a holder cannot feed it anything it
 //! would not accept on a read) and announces the slot on [`Node::dir_changes`].
+//!
+//! While every holder of a watched slot has agreed to push, the watcher trusts its cached state
+//! and lists the directory without asking them, for up to
+//! [`TRUST_WATCHED_FOR`](crate::dirs::TRUST_WATCHED_FOR) after its last read from them: a
+//! mount's `stat` of a watched directory costs no network round trip.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +110,7 @@ impl Inner {
             inner: self.clone(),
         };
         tokio::spawn(async move {
-            match node.load_dir(&cap).await {
+            match node.refresh_dir(&cap).await {
                 Ok(_) => {
                     let _ = node.inner.dirs.changes.send(slot);
                 }
@@ -140,9 +145,13 @@ impl Node {
         self.inner.dirs.changes.subscribe()
     }
 
-    /// Asks the holders of `slots` to push their changes here.
+    /// Asks the holders of `slots` to push their changes here. A slot whose every holder
+    /// agreed is trusted without asking them until the first subscription lapses (see
+    /// [`TRUST_WATCHED_FOR`](crate::dirs::TRUST_WATCHED_FOR)).
     async fn subscribe(&self, slots: &[SlotId]) {
         for slot in slots {
+            let asked = Instant::now();
+            let mut until = Some(asked + MAX_WATCH_TTL);
             for holder in self.inner.slot_holders(slot).into_iter().take(DIR_REPLICAS) {
                 if holder.id == self.id() {
                     continue;
@@ -151,10 +160,26 @@ impl Node {
                     slots: vec![*slot],
                     ttl_secs: WATCH_TTL.as_secs() as u32,
                 };
-                if let Err(e) = self.inner.request(&holder, &request).await {
-                    debug!(peer = %holder.id.fmt_short(), error = %e, "could not watch a directory");
+                match self.inner.request(&holder, &request).await {
+                    Ok(Response::Watching { ttl_secs }) => {
+                        let granted = asked + Duration::from_secs(u64::from(ttl_secs));
+                        until = until.map(|u| u.min(granted));
+                    }
+                    Ok(other) => {
+                        debug!(peer = %holder.id.fmt_short(), answer = ?other, "a holder would not push a directory's changes");
+                        until = None;
+                    }
+                    Err(e) => {
+                        debug!(peer = %holder.id.fmt_short(), error = %e, "could not watch a directory");
+                        until = None;
+                    }
                 }
             }
+            let mut pushed = locked(&self.inner.dirs.pushed_until);
+            match until {
+                Some(until) => pushed.insert(*slot, until),
+                None => pushed.remove(slot),
+            };
         }
     }
 

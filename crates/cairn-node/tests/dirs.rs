@@ -621,6 +621,64 @@ async fn a_watcher_hears_of_a_change_within_a_second() {
     .expect("within the time limit");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_directory_lists_without_asking_its_holders() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(6).await;
+        let writer = grid.node(0);
+        writer.mkdir("/shared", false).await.unwrap();
+        let cap: DirWriteCap = writer
+            .share("/shared", true)
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        let text = Cap::DirRead(cap.read_cap()).to_string();
+        let holders = writer.slot_holders(&cap.slot());
+        let mut readers = (1..6)
+            .map(|i| grid.node(i))
+            .filter(|n| !holders[..3].contains(&n.id()));
+        // Of six nodes, three hold the directory: at least two others are not its writer.
+        let (watcher, other) = (readers.next().unwrap(), readers.next().unwrap());
+        watcher
+            .watch(&cairn_node::DirCap::Read(cap.read_cap()))
+            .await
+            .unwrap();
+        other.ls(&text).await.unwrap();
+        // Every holder now takes 5 s to answer a read of the directory.
+        for i in 0..6 {
+            grid.node(i).set_serve_delay(Some(Duration::from_secs(5)));
+        }
+        let quick = Duration::from_secs(2);
+        let listing = tokio::time::timeout(quick, watcher.ls(&text))
+            .await
+            .expect("the watcher lists from what it holds");
+        assert!(names(&listing.unwrap()).is_empty());
+        assert!(
+            tokio::time::timeout(quick, other.ls(&text)).await.is_err(),
+            "a node that does not watch asks the holders"
+        );
+        for i in 0..6 {
+            grid.node(i).set_serve_delay(None);
+        }
+        // A change is still pushed to the watcher, which then lists it.
+        let mut changes = watcher.dir_changes();
+        let content = put_file(writer, b"news").await;
+        writer.link("/shared/new", content, false).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .expect("the change is pushed")
+            .unwrap();
+        let listing = tokio::time::timeout(quick, watcher.ls(&text))
+            .await
+            .expect("the watcher lists from what it holds");
+        assert_eq!(names(&listing.unwrap()), ["new"]);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reads_of_a_changed_directory_all_see_the_change() {
     tokio::time::timeout(LIMIT, async {
