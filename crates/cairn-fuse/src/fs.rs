@@ -26,10 +26,10 @@ use fuser::{
     Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, info};
+use tracing::{debug, warn};
 
 use crate::inode::{Inodes, ROOT};
-use crate::staging::Staged;
+use crate::staging::{self, Staged};
 
 /// How long the kernel may cache names and attributes, and this mount its listings.
 pub const LISTING_TTL: Duration = Duration::from_secs(1);
@@ -37,12 +37,23 @@ pub const LISTING_TTL: Duration = Duration::from_secs(1);
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How far ahead of a sequential reader chunks are fetched.
 pub const READ_AHEAD: usize = 16 * 1024 * 1024;
+/// A closed file is uploaded in the background once it was left unchanged this long (so a
+/// `utimens` or `chmod` right after `close` goes in the same upload).
+pub const UPLOAD_AFTER_CLOSE: Duration = Duration::from_millis(200);
 /// A file held open for writing is uploaded in the background once no write came for this long.
 pub const UPLOAD_WHEN_IDLE: Duration = Duration::from_secs(5);
 /// ... and at least this often while writes keep coming.
 pub const UPLOAD_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 /// Block size reported by `stat` (what `cp` and `dd` size their buffers by).
 const BLKSIZE: u32 = 128 * 1024;
+/// Files up to this size are uploaded together, many in one put and one version per directory.
+const BATCH_FILE_BYTES: u64 = 1 << 20;
+/// At most this many files go in one batch.
+const BATCH_FILES: usize = 512;
+/// At most this many bytes go in one batch.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Rounds of retries a drain (`fsyncdir`, unmount) makes for files whose upload failed.
+const DRAIN_ROUNDS: usize = 3;
 
 /// Counters of one mount's uploads.
 #[derive(Debug, Default)]
@@ -82,6 +93,11 @@ pub(crate) struct Shared {
     next_fh: AtomicU64,
     staged: Mutex<HashMap<u64, Arc<Staged>>>,
     listings: Mutex<HashMap<SlotId, (Instant, Arc<LsReport>)>>,
+    /// Bumped by every drop of a cached listing, so a listing read before the drop is not
+    /// kept after it.
+    listing_generation: AtomicU64,
+    /// Wakes the background uploader (a file was closed).
+    upload_wake: tokio::sync::Notify,
     /// Mode and mtime of the mount's root set through this mount (kept for the mount's life:
     /// the root has no entry to hold them).
     dir_meta: Mutex<HashMap<u64, Meta>>,
@@ -195,6 +211,8 @@ impl Shared {
             next_fh: AtomicU64::new(1),
             staged: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            listing_generation: AtomicU64::new(0),
+            upload_wake: tokio::sync::Notify::new(),
             dir_meta: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashSet::new()),
             notifier: OnceLock::new(),
@@ -249,8 +267,13 @@ impl Shared {
         {
             return Ok(report.clone());
         }
+        let generation = self.listing_generation.load(Ordering::SeqCst);
         let report = Arc::new(limited(self.node.ls(&cap_text(cap))).await?);
-        locked(&self.listings).insert(slot, (Instant::now(), report.clone()));
+        let mut listings = locked(&self.listings);
+        if self.listing_generation.load(Ordering::SeqCst) == generation {
+            listings.insert(slot, (Instant::now(), report.clone()));
+        }
+        drop(listings);
         self.watch(cap);
         Ok(report)
     }
@@ -270,7 +293,48 @@ impl Shared {
     }
 
     fn forget_listing(&self, cap: &DirCap) {
-        locked(&self.listings).remove(&cap.slot());
+        let mut listings = locked(&self.listings);
+        self.listing_generation.fetch_add(1, Ordering::SeqCst);
+        listings.remove(&cap.slot());
+    }
+
+    /// The file made through this mount as `name` in `parent` that the grid has no entry for
+    /// yet (it is linked at its first upload).
+    fn pending(&self, parent: u64, name: &str) -> Option<(u64, Arc<Staged>)> {
+        let ino = locked(&self.inodes).child(parent, name)?;
+        let staged = locked(&self.staged).get(&ino).cloned()?;
+        staged.unlinked().then_some((ino, staged))
+    }
+
+    /// Holds off the uploads of the staged files at these names (in inode order) until the
+    /// guards drop, after waiting for any under way: a rename or removal then sees each file
+    /// either linked or not, and no upload links it behind the change's back.
+    async fn hold_uploads(&self, at: &[(u64, &str)]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut staged: Vec<(u64, Arc<Staged>)> = at
+            .iter()
+            .filter_map(|(parent, name)| {
+                let ino = locked(&self.inodes).child(*parent, name)?;
+                let staged = locked(&self.staged).get(&ino).cloned()?;
+                Some((ino, staged))
+            })
+            .collect();
+        staged.sort_by_key(|(ino, _)| *ino);
+        staged.dedup_by_key(|(ino, _)| *ino);
+        let mut guards = Vec::new();
+        for (_, s) in staged {
+            guards.push(s.hold().await);
+        }
+        guards
+    }
+
+    /// Drops the staged copy of `ino` once it is settled (no writer, nothing to upload).
+    fn retire(&self, ino: u64) {
+        let mut map = locked(&self.staged);
+        if map.get(&ino).is_some_and(|s| s.settled())
+            && let Some(staged) = map.remove(&ino)
+        {
+            staged.discard();
+        }
     }
 
     async fn entry(&self, cap: &DirCap, name: &str) -> Result<Option<LsEntry>, NodeError> {
@@ -292,6 +356,33 @@ impl Shared {
             kind: FileType::Directory,
             perm: meta.map_or(0o755, |m| (m.mode & 0o7777) as u16),
             nlink: 2,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    /// The attributes of a file made through this mount and not on the grid yet.
+    fn staged_attr(&self, ino: u64, staged: &Staged) -> FileAttr {
+        let size = staged.len();
+        let (mode, mtime_ns) = {
+            let state = staged.lock();
+            (state.entry.mode, state.entry.mtime_ns)
+        };
+        let mtime = time_of_ns(mtime_ns);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: FileType::RegularFile,
+            perm: (mode & 0o7777) as u16,
+            nlink: 1,
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
@@ -355,6 +446,12 @@ impl Shared {
         if ino == ROOT {
             return Ok(self.root_attr());
         }
+        let staged = locked(&self.staged).get(&ino).cloned();
+        if let Some(staged) = staged
+            && staged.unlinked()
+        {
+            return Ok(self.staged_attr(ino, &staged));
+        }
         let (_, parent, name) = self.place(ino).await?;
         let entry = self
             .entry(&parent, &name)
@@ -364,6 +461,9 @@ impl Shared {
     }
 
     async fn lookup(&self, parent: u64, name: &str) -> Result<FileAttr, NodeError> {
+        if let Some((ino, staged)) = self.pending(parent, name) {
+            return Ok(self.staged_attr(ino, &staged));
+        }
         let cap = self.dir_cap(parent).await?;
         let entry = self
             .entry(&cap, name)
@@ -414,6 +514,18 @@ impl Shared {
 
     async fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<(), NodeError> {
         let cap = self.writable_dir(parent).await?;
+        let held = self.hold_uploads(&[(parent, name)]).await;
+        if let Some((ino, staged)) = self.pending(parent, name) {
+            if dir {
+                return Err(NodeError::NotADirectory(name.to_owned()));
+            }
+            // Never reached the grid: dropping it here is the whole removal.
+            staged.forget();
+            locked(&self.inodes).unlink(parent, name);
+            drop(held);
+            self.retire(ino);
+            return Ok(());
+        }
         let entry = self
             .entry(&cap, name)
             .await?
@@ -425,7 +537,11 @@ impl Shared {
             (true, true) => {
                 let ino = locked(&self.inodes).ensure(parent, name);
                 let child = self.dir_cap(ino).await?;
-                if !self.listing(&child).await?.entries.is_empty() {
+                let children = locked(&self.inodes).children(ino);
+                let pending = children
+                    .iter()
+                    .any(|(name, _)| self.pending(ino, name).is_some());
+                if pending || !self.listing(&child).await?.entries.is_empty() {
                     return Err(NodeError::Invalid("directory not empty".into()));
                 }
             }
@@ -433,10 +549,14 @@ impl Shared {
         }
         limited(self.node.rm(&location, dir)).await?;
         self.forget_listing(&cap);
-        if let Some(ino) = locked(&self.inodes).unlink(parent, name)
-            && let Some(staged) = locked(&self.staged).get(&ino)
-        {
-            staged.forget();
+        let unlinked = locked(&self.inodes).unlink(parent, name);
+        drop(held);
+        if let Some(ino) = unlinked {
+            let staged = locked(&self.staged).get(&ino).cloned();
+            if let Some(staged) = staged {
+                staged.forget();
+                self.retire(ino);
+            }
         }
         Ok(())
     }
@@ -451,11 +571,37 @@ impl Shared {
     ) -> Result<(), NodeError> {
         let from_cap = self.writable_dir(parent).await?;
         let to_cap = self.writable_dir(new_parent).await?;
+        let to_location = format!("{}/{new_name}", cap_text(&to_cap));
+        let _held = self
+            .hold_uploads(&[(parent, name), (new_parent, new_name)])
+            .await;
+        let pending_target = self.pending(new_parent, new_name);
+        if no_replace && pending_target.is_some() {
+            return Err(NodeError::AlreadyExists(new_name.to_owned()));
+        }
+        if self.pending(parent, name).is_some() {
+            // Not on the grid yet: the move is where its first upload links it.
+            if parent == new_parent && name == new_name {
+                return Ok(());
+            }
+            if pending_target.is_none()
+                && let Some(existing) = self.entry(&to_cap, new_name).await?
+            {
+                if no_replace {
+                    return Err(NodeError::AlreadyExists(new_name.to_owned()));
+                }
+                if existing.kind == "dir" {
+                    return Err(NodeError::IsADirectory(new_name.to_owned()));
+                }
+                // A file there is replaced when this one is linked.
+            }
+            self.renamed(parent, name, new_parent, new_name, to_location);
+            return Ok(());
+        }
         let source = self
             .entry(&from_cap, name)
             .await?
             .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
-        let to_location = format!("{}/{new_name}", cap_text(&to_cap));
         if let Some(existing) = self.entry(&to_cap, new_name).await? {
             if parent == new_parent && name == new_name {
                 return Ok(());
@@ -477,22 +623,34 @@ impl Shared {
         limited(self.node.mv(&from_location, &to_location)).await?;
         self.forget_listing(&from_cap);
         self.forget_listing(&to_cap);
-        let mut inodes = locked(&self.inodes);
-        if let Some(replaced) = inodes.child(new_parent, new_name)
-            && let Some(staged) = locked(&self.staged).get(&replaced)
+        self.renamed(parent, name, new_parent, new_name, to_location);
+        Ok(())
+    }
+
+    /// Moves the inode of `name` to `new_name` and points its staged copy (if any) there; a
+    /// staged file it replaces is dropped.
+    fn renamed(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, to: String) {
+        let (replaced, moved) = {
+            let mut inodes = locked(&self.inodes);
+            let replaced = inodes.child(new_parent, new_name);
+            inodes.rename(parent, name, new_parent, new_name);
+            (replaced, inodes.child(new_parent, new_name))
+        };
+        let staged = |ino: Option<u64>| ino.and_then(|i| locked(&self.staged).get(&i).cloned());
+        if replaced != moved
+            && let Some(old) = staged(replaced)
         {
-            staged.forget();
+            old.forget();
+            if let Some(ino) = replaced {
+                self.retire(ino);
+            }
         }
-        inodes.rename(parent, name, new_parent, new_name);
-        if let Some(ino) = inodes.child(new_parent, new_name)
-            && let Some(staged) = locked(&self.staged).get(&ino)
-        {
-            staged.lock().entry.location = Some(to_location);
+        if let Some(staged) = staged(moved) {
+            staged.lock().entry.location = Some(to);
             if let Err(e) = staged.update_journal() {
                 debug!(error = %e, "could not update a staging journal entry");
             }
         }
-        Ok(())
     }
 
     /// The staged copy of file `ino`, made (from the file's bytes unless `truncate`) if there
@@ -528,6 +686,7 @@ impl Shared {
                 mode: entry.mode,
                 mtime_ns: entry.mtime_ns,
             },
+            true,
         )?;
         if !truncate && entry.size > 0 {
             let cap = limited(self.node.resolve_file(&location)).await?;
@@ -556,90 +715,190 @@ impl Shared {
         Ok(staged)
     }
 
-    /// Uploads `staged` if changed; counts what was sent.
-    async fn upload(&self, staged: &Staged, parent_of: u64) -> Result<(), NodeError> {
-        let report: Option<PutReport> = staged.upload(&self.node).await?;
-        if let Some(report) = report {
-            self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .shares_sent
-                .fetch_add(report.shares_sent, Ordering::Relaxed);
-            self.stats
-                .bytes_sent
-                .fetch_add(report.bytes_sent, Ordering::Relaxed);
-            info!(
-                size = report.size,
-                shares_sent = report.shares_sent,
-                bytes_sent = report.bytes_sent,
-                "uploaded a file written through the mount"
-            );
-            if let Ok(cap) = self.dir_cap(parent_of).await {
-                self.forget_listing(&cap);
-            }
+    /// Counts an upload and drops the cached listing of its directory.
+    async fn uploaded(&self, ino: u64, report: &PutReport) {
+        self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .shares_sent
+            .fetch_add(report.shares_sent, Ordering::Relaxed);
+        self.stats
+            .bytes_sent
+            .fetch_add(report.bytes_sent, Ordering::Relaxed);
+        debug!(
+            size = report.size,
+            shares_sent = report.shares_sent,
+            bytes_sent = report.bytes_sent,
+            "uploaded a file written through the mount"
+        );
+        let parent = locked(&self.inodes).get(ino).map(|i| i.parent);
+        if let Some(parent) = parent
+            && let Ok(cap) = self.dir_cap(parent).await
+        {
+            self.forget_listing(&cap);
         }
+    }
+
+    /// Uploads file `ino` now if it changed (`fsync`).
+    async fn upload_ino(&self, ino: u64) -> Result<(), NodeError> {
+        let staged = locked(&self.staged).get(&ino).cloned();
+        let Some(staged) = staged else {
+            return Ok(());
+        };
+        let report = staged.upload(&self.node).await?;
+        if let Some(report) = report {
+            self.uploaded(ino, &report).await;
+        }
+        self.retire(ino);
         Ok(())
     }
 
-    async fn upload_ino(&self, ino: u64) -> Result<(), NodeError> {
-        let Some(staged) = locked(&self.staged).get(&ino).cloned() else {
-            return Ok(());
-        };
-        let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
-        self.upload(&staged, parent).await
+    /// The staged files to upload now: closed ones left unchanged for
+    /// [`UPLOAD_AFTER_CLOSE`], open ones idle for [`UPLOAD_WHEN_IDLE`] or changing for
+    /// [`UPLOAD_AT_LEAST_EVERY`]; a file whose upload failed waits for its retry time. With
+    /// `all`, every changed file.
+    fn due(&self, all: bool) -> Vec<(u64, Arc<Staged>)> {
+        let mut due: Vec<(u64, Arc<Staged>)> = locked(&self.staged)
+            .iter()
+            .filter(|(_, staged)| {
+                let state = staged.lock();
+                if !state.dirty {
+                    return false;
+                }
+                if all {
+                    return true;
+                }
+                let now = Instant::now();
+                if state.retry_at.is_some_and(|at| at > now) {
+                    return false;
+                }
+                state.changed_at.is_none_or(|(last, first)| {
+                    if state.writers == 0 {
+                        last.elapsed() >= UPLOAD_AFTER_CLOSE
+                    } else {
+                        last.elapsed() >= UPLOAD_WHEN_IDLE
+                            || first.elapsed() >= UPLOAD_AT_LEAST_EVERY
+                    }
+                })
+            })
+            .map(|(ino, staged)| (*ino, staged.clone()))
+            .collect();
+        // Oldest change first: files go up in about the order they were written.
+        due.sort_by_key(|(_, staged)| staged.lock().changed_at.map(|(last, _)| last));
+        due
     }
 
-    /// Uploads, in the background, files held open for writing that changed and then stayed
-    /// unchanged for [`UPLOAD_WHEN_IDLE`] (or have been changing for
-    /// [`UPLOAD_AT_LEAST_EVERY`]), so a long-open file reaches the grid before it is closed.
-    /// Runs until the mount ends.
-    pub(crate) async fn upload_long_open_files(&self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let due: Vec<u64> = locked(&self.staged)
-                .iter()
-                .filter(|(_, staged)| {
-                    let state = staged.lock();
-                    state.dirty
-                        && state.writers > 0
-                        && state.changed_at.is_some_and(|(last, first)| {
-                            last.elapsed() >= UPLOAD_WHEN_IDLE
-                                || first.elapsed() >= UPLOAD_AT_LEAST_EVERY
-                        })
-                })
-                .map(|(ino, _)| *ino)
-                .collect();
-            for ino in due {
-                if let Err(e) = self.upload_ino(ino).await {
-                    debug!(error = %e, "background upload of an open file failed; retrying later");
+    /// Uploads `files`: small ones in batches (one put, one version per directory), large
+    /// ones one by one. Returns how many failed.
+    async fn upload_files(&self, files: Vec<(u64, Arc<Staged>)>) -> usize {
+        let mut failed = 0;
+        let (small, large): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|(_, staged)| staged.len() <= BATCH_FILE_BYTES);
+        let mut batches: Vec<Vec<(u64, Arc<Staged>)>> = Vec::new();
+        let mut bytes = 0u64;
+        for file in small {
+            let len = file.1.len();
+            match batches.last_mut() {
+                Some(batch) if batch.len() < BATCH_FILES && bytes + len <= BATCH_BYTES => {
+                    bytes += len;
+                    batch.push(file);
                 }
+                _ => {
+                    bytes = len;
+                    batches.push(vec![file]);
+                }
+            }
+        }
+        for batch in batches {
+            let staged: Vec<Arc<Staged>> = batch.iter().map(|(_, s)| s.clone()).collect();
+            let results = staging::upload_batch(&self.node, &staged).await;
+            for ((ino, _), result) in batch.iter().zip(results) {
+                match result {
+                    Ok(Some(report)) => self.uploaded(*ino, &report).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed += 1;
+                        warn!(error = %e, "uploading a file written through the mount failed; it stays staged and is tried again");
+                    }
+                }
+                self.retire(*ino);
+            }
+        }
+        for (ino, staged) in large {
+            match staged.upload(&self.node).await {
+                Ok(Some(report)) => self.uploaded(ino, &report).await,
+                Ok(None) => {}
+                Err(e) => {
+                    failed += 1;
+                    warn!(error = %e, "uploading a file written through the mount failed; it stays staged and is tried again");
+                }
+            }
+            self.retire(ino);
+        }
+        failed
+    }
+
+    /// Uploads files written through the mount in the background (see [`due`](Self::due)),
+    /// woken by each close. Runs until the mount ends.
+    pub(crate) async fn upload_in_background(&self) {
+        loop {
+            tokio::select! {
+                () = self.upload_wake.notified() => {}
+                () = tokio::time::sleep(UPLOAD_AFTER_CLOSE / 2) => {}
+            }
+            let due = self.due(false);
+            if !due.is_empty() {
+                self.upload_files(due).await;
             }
         }
     }
 
-    /// One writer of `ino` closed: the last one uploads and drops the staged copy.
-    async fn release_writer(&self, ino: u64) -> Result<(), NodeError> {
-        let Some(staged) = locked(&self.staged).get(&ino).cloned() else {
-            return Ok(());
-        };
-        let last = {
-            let mut state = staged.lock();
-            state.writers = state.writers.saturating_sub(1);
-            state.writers == 0
-        };
-        if !last {
-            return Ok(());
+    /// Uploads every changed file now, trying failed ones again a few times. Returns how many
+    /// are left staged (they are uploaded at the next start if the mount ends first).
+    pub(crate) async fn upload_all(&self) -> usize {
+        for _ in 0..DRAIN_ROUNDS {
+            let due = self.due(true);
+            if due.is_empty() || self.upload_files(due).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
-        let result = self.upload(&staged, parent).await;
-        let mut map = locked(&self.staged);
-        if staged.lock().writers == 0 {
-            map.remove(&ino);
-            staged.discard();
-        }
-        result
+        self.due(true).len()
     }
 
+    /// Uploads the changed files of directory `dir` now (`fsyncdir`). Returns how many failed.
+    async fn upload_dir(&self, dir: u64) -> usize {
+        let files: Vec<(u64, Arc<Staged>)> = self
+            .due(true)
+            .into_iter()
+            .filter(|(ino, _)| {
+                locked(&self.inodes)
+                    .get(*ino)
+                    .is_some_and(|i| i.parent == dir)
+            })
+            .collect();
+        self.upload_files(files).await
+    }
+
+    /// One writer of `ino` closed: once the last one has, the file is uploaded in the
+    /// background (fsync waits for it; a close does not).
+    fn release_writer(&self, ino: u64) {
+        let staged = locked(&self.staged).get(&ino).cloned();
+        let Some(staged) = staged else {
+            return;
+        };
+        {
+            let mut state = staged.lock();
+            state.writers = state.writers.saturating_sub(1);
+            if state.writers > 0 {
+                return;
+            }
+        }
+        self.retire(ino);
+        self.upload_wake.notify_one();
+    }
+
+    /// Makes file `name` in `parent`: staged here, linked on the grid at its first upload.
     async fn create(
         &self,
         parent: u64,
@@ -647,30 +906,21 @@ impl Shared {
         mode: u32,
     ) -> Result<(FileAttr, u64), NodeError> {
         let cap = self.writable_dir(parent).await?;
+        if self.pending(parent, name).is_some() || self.entry(&cap, name).await?.is_some() {
+            return Err(NodeError::AlreadyExists(name.to_owned()));
+        }
         let location = format!("{}/{name}", cap_text(&cap));
         let meta = Meta {
             mode: mode & 0o7777,
             mtime_ns: now_ns(),
         };
-        let empty = limited(
-            self.node
-                .put(std::io::Cursor::new(Vec::new()), Default::default()),
-        )
-        .await?;
-        let file = cairn_dir::FileRef::new(empty.cap.parse()?)
-            .ok_or_else(|| NodeError::Invalid("empty file cap".into()))?;
-        limited(
-            self.node
-                .link(&location, cairn_dir::Content::File { file, meta }, false),
-        )
-        .await?;
-        self.forget_listing(&cap);
-        let ino = locked(&self.inodes).ensure(parent, name);
-        let staged = Arc::new(Staged::create(&self.staging_dir, location, meta)?);
+        let staged = Arc::new(Staged::create(&self.staging_dir, location, meta, false)?);
         staged.lock().writers = 1;
-        locked(&self.staged).insert(ino, staged);
-        let attr = self.lookup(parent, name).await?;
-        Ok((attr, ino))
+        // Changed from the start: the journal entry makes a crash still link it.
+        staged.mark_dirty(None)?;
+        let ino = locked(&self.inodes).ensure(parent, name);
+        locked(&self.staged).insert(ino, staged.clone());
+        Ok((self.staged_attr(ino, &staged), ino))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -742,7 +992,7 @@ impl Shared {
                             staged.lock().entry.mode = m & 0o7777;
                         }
                         staged.mark_dirty(Some(mtime_ns.unwrap_or_else(now_ns)))?;
-                        self.release_writer(ino).await?;
+                        self.release_writer(ino);
                     }
                     (None, None) => self.set_entry_meta(ino, meta).await?,
                 }
@@ -870,13 +1120,6 @@ impl Shared {
         Ok(data.len() as u32)
     }
 
-    fn handle_ino(&self, fh: u64) -> Option<(u64, bool)> {
-        match locked(&self.handles).get(&fh) {
-            Some(Handle::File { ino, write, .. }) => Some((*ino, *write)),
-            _ => None,
-        }
-    }
-
     async fn opendir(&self, ino: u64) -> Result<u64, NodeError> {
         let cap = self.dir_cap(ino).await?;
         let listing = self.listing(&cap).await?;
@@ -885,11 +1128,20 @@ impl Shared {
             (ino, FileType::Directory, ".".to_owned()),
             (parent, FileType::Directory, "..".to_owned()),
         ];
-        {
+        let children = {
             let mut inodes = locked(&self.inodes);
             for e in &listing.entries {
                 let child = inodes.ensure(ino, &e.name);
                 entries.push((child, kind_of(e), e.name.clone()));
+            }
+            inodes.children(ino)
+        };
+        // Files made here that are not on the grid yet.
+        let listed: HashSet<&str> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+        for (name, child) in children {
+            let staged = locked(&self.staged).get(&child).cloned();
+            if !listed.contains(name.as_str()) && staged.is_some_and(|s| s.unlinked()) {
+                entries.push((child, FileType::RegularFile, name));
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -1237,19 +1489,12 @@ impl Filesystem for CairnFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let Some((ino, true)) = self.shared.handle_ino(fh.0) else {
-            return reply.ok();
-        };
-        self.run(|s| async move {
-            match s.upload_ino(ino).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        // A close uploads in the background (see `release`); fsync waits for the upload.
+        reply.ok();
     }
 
     fn release(
@@ -1269,12 +1514,8 @@ impl Filesystem for CairnFs {
         else {
             return reply.ok();
         };
-        self.run(|s| async move {
-            match s.release_writer(ino).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.shared.release_writer(ino);
+        reply.ok();
     }
 
     fn fsync(
@@ -1339,14 +1580,19 @@ impl Filesystem for CairnFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every directory change is published to its holders before the call that made it
-        // returns: nothing is left to sync.
-        reply.ok();
+        // Every other directory change is published to its holders before the call that made
+        // it returns; files written here and not uploaded yet are uploaded now.
+        self.run(|s| async move {
+            match s.upload_dir(ino.0).await {
+                0 => reply.ok(),
+                _ => reply.error(Errno::EIO),
+            }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -27,6 +27,7 @@ mod mounts;
 mod staging;
 
 pub use fs::{
-    LISTING_TTL, OP_TIMEOUT, READ_AHEAD, UPLOAD_AT_LEAST_EVERY, UPLOAD_WHEN_IDLE, UploadStats,
+    LISTING_TTL, OP_TIMEOUT, READ_AHEAD, UPLOAD_AFTER_CLOSE, UPLOAD_AT_LEAST_EVERY,
+    UPLOAD_WHEN_IDLE, UploadStats,
 };
 pub use mounts::{Mounts, is_mount_point};

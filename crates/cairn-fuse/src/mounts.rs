@@ -19,6 +19,9 @@ use crate::staging;
 
 /// How long an unmount waits for the session to end before detaching the mount point.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+/// How long an unmount waits for the files the mount staged to be uploaded (the rest are
+/// uploaded at the next start).
+const DRAIN_WAIT: Duration = Duration::from_secs(300);
 
 struct Active {
     unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>>,
@@ -26,6 +29,7 @@ struct Active {
     done: Arc<std::sync::atomic::AtomicBool>,
     record: PathBuf,
     watcher: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 /// Every mount of one node (implements [`Mounter`] for the control API).
@@ -269,8 +273,17 @@ impl Mounts {
                 .map_err(|e| NodeError::io(&mountpoint, e))?;
             let mounts_point = mountpoint.clone();
             let active = self.me.clone();
+            let ending = shared.clone();
             tokio::spawn(async move {
                 let _ = finished_rx.await;
+                // What was closed but not uploaded yet goes up before the mount counts as ended.
+                let left = ending.upload_all().await;
+                if left > 0 {
+                    warn!(
+                        files = left,
+                        "files written through the mount are still staged; they are uploaded at the next start"
+                    );
+                }
                 done.store(true, Ordering::SeqCst);
                 ended.notify_waiters();
                 if let Some(active) = active.upgrade() {
@@ -300,7 +313,7 @@ impl Mounts {
                 };
                 tokio::select! {
                     () = follow => {}
-                    () = shared.upload_long_open_files() => {}
+                    () = shared.upload_in_background() => {}
                 }
             })
         };
@@ -312,6 +325,7 @@ impl Mounts {
                 done,
                 record,
                 watcher,
+                shared: shared.clone(),
             },
         );
         info!(mountpoint = %mountpoint.display(), read_only, "mounted");
@@ -326,6 +340,25 @@ impl Mounts {
         std::fs::write(&path, mountpoint.to_string_lossy().as_bytes())
             .map_err(|e| NodeError::io(&path, e))?;
         Ok(path)
+    }
+
+    /// Uploads now every file written through the mount at `mountpoint` and not uploaded yet
+    /// (a close uploads in the background), trying failed ones again a few times. Returns how
+    /// many are still staged.
+    pub async fn flush(&self, mountpoint: &Path) -> Result<usize, NodeError> {
+        let key = mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf());
+        let shared = locked(&self.active)
+            .get(&key)
+            .map(|a| a.shared.clone())
+            .ok_or_else(|| {
+                NodeError::Invalid(format!(
+                    "{}: not mounted by this node",
+                    mountpoint.display()
+                ))
+            })?;
+        Ok(shared.upload_all().await)
     }
 
     /// Unmounts `mountpoint`; see [`Mounter::unmount`].
@@ -344,6 +377,7 @@ impl Mounts {
             (a.unmounter.clone(), a.ended.clone(), a.done.clone())
         };
         let notified = ended.notified();
+        tokio::pin!(notified);
         if !done.load(Ordering::SeqCst) {
             let result = tokio::task::spawn_blocking(move || match locked(&unmounter).take() {
                 Some(mut u) => u.unmount(),
@@ -355,10 +389,17 @@ impl Mounts {
                 warn!(error = %e, "unmount failed; detaching");
                 detach(&key);
             }
-            if tokio::time::timeout(UNMOUNT_WAIT, notified).await.is_err()
+            if tokio::time::timeout(UNMOUNT_WAIT, &mut notified)
+                .await
+                .is_err()
                 && !done.load(Ordering::SeqCst)
             {
-                detach(&key);
+                if is_mount_point(&key) {
+                    detach(&key);
+                } else {
+                    // Unmounted: the files it staged are being uploaded.
+                    let _ = tokio::time::timeout(DRAIN_WAIT, &mut notified).await;
+                }
             }
         }
         Ok(())

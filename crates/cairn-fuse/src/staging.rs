@@ -3,19 +3,21 @@
 //! A file opened for writing gets a staging file `DIR/staging/<id>.data` holding its whole
 //! content (an existing file's bytes are copied in first, unless it is truncated). Writes go
 //! there. On the first change a journal entry `DIR/staging/<id>.json` (mode 0600: it names the
-//! directory's cap) records where the file belongs; it is written to a temporary name, fsynced
-//! and renamed, so it is whole or absent. Close, flush and fsync upload the file with
-//! [`Node::put`] and relink its entry; the journal entry goes once the upload is linked.
+//! directory's cap) records where the file belongs; it is written to a temporary name and
+//! renamed, so it is whole or absent. An upload puts the file with [`Node::put`] (many small
+//! files at once with [`Node::put_many`], see [`upload_batch`]) and links its entry; the
+//! journal entry goes once the upload is linked.
 //!
 //! Crash safety: a daemon killed before an upload leaves the data and its journal entry;
 //! `recover` uploads and links each at the next start. What fsync acknowledged is on the grid
-//! already. Deleting or renaming the file through the mount updates or drops the entry.
+//! already; like any file system, a power loss may lose what no fsync acknowledged. Deleting
+//! or renaming the file through the mount updates or drops the entry.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_core::cap::Cap;
@@ -46,6 +48,13 @@ pub(crate) struct StagedState {
     pub(crate) changed_at: Option<(Instant, Instant)>,
     /// Open handles writing through it.
     pub(crate) writers: usize,
+    /// Whether the grid has an entry for it yet (a file made through the mount has none until
+    /// its first upload).
+    pub(crate) linked: bool,
+    /// After a failed upload: not tried again before this.
+    pub(crate) retry_at: Option<Instant>,
+    /// Failed uploads in a row.
+    pub(crate) failures: u32,
 }
 
 /// One staged file (see the module docs).
@@ -56,14 +65,58 @@ pub(crate) struct Staged {
     journal_path: PathBuf,
     pub(crate) state: Mutex<StagedState>,
     /// Serialises uploads of this file.
-    pub(crate) upload: tokio::sync::Mutex<()>,
+    upload: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// An upload of one staged file under way: its upload lock and the entry as it was taken.
+/// Dropped unfinished (a cancelled request), it leaves the file dirty.
+pub(crate) struct Begun<'a> {
+    staged: &'a Staged,
+    entry: JournalEntry,
+    finished: bool,
+    _one: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Begun<'_> {
+    /// Ends the upload: a failed one leaves the file dirty and sets when to try again; a
+    /// linked one marks the file linked and, if nothing changed meanwhile, drops its journal
+    /// entry.
+    pub(crate) fn finish(mut self, ok: bool) {
+        self.finished = true;
+        let staged = self.staged;
+        let mut state = staged.lock();
+        if ok {
+            state.failures = 0;
+            state.retry_at = None;
+            if self.entry.location.is_some() {
+                state.linked = true;
+            }
+            if !state.dirty {
+                let _ = std::fs::remove_file(&staged.journal_path);
+            }
+        } else {
+            state.dirty = true;
+            state.failures += 1;
+            let wait = Duration::from_secs(1 << state.failures.min(6));
+            state.retry_at = Some(Instant::now() + wait);
+        }
+    }
+}
+
+impl Drop for Begun<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.staged.lock().dirty = true;
+        }
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     move |e| NodeError::io(path, e)
 }
 
-/// Writes `bytes` to `path` whole or not at all (temporary file, fsync, rename).
+/// Writes `bytes` to `path` whole or not at all (temporary file, rename). Not fsynced: a
+/// killed daemon leaves it in the page cache, and what fsync acknowledged is on the grid.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
@@ -74,19 +127,19 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
         .open(&tmp)
         .map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
     Ok(())
 }
 
 impl Staged {
-    /// A new, empty staging file in `dir` for the file at `location`.
-    pub(crate) fn create(dir: &Path, location: String, meta: Meta) -> Result<Staged, NodeError> {
+    /// A new, empty staging file in `dir` for the file at `location`; `linked` when the grid
+    /// has an entry for it already.
+    pub(crate) fn create(
+        dir: &Path,
+        location: String,
+        meta: Meta,
+        linked: bool,
+    ) -> Result<Staged, NodeError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let id: u128 = rand::random();
         let data_path = dir.join(format!("{id:032x}.data"));
@@ -111,13 +164,31 @@ impl Staged {
                 dirty: false,
                 changed_at: None,
                 writers: 0,
+                linked,
+                retry_at: None,
+                failures: 0,
             }),
-            upload: tokio::sync::Mutex::new(()),
+            upload: Arc::default(),
         })
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, StagedState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this is a file made through the mount that the grid has no entry for yet.
+    pub(crate) fn unlinked(&self) -> bool {
+        let state = self.lock();
+        !state.linked && state.entry.location.is_some()
+    }
+
+    /// Whether nothing is left to do with it: no writer, nothing to upload, and no upload
+    /// under way (or the file was deleted: nothing of it is linked any more).
+    pub(crate) fn settled(&self) -> bool {
+        let state = self.lock();
+        state.writers == 0
+            && !state.dirty
+            && (state.entry.location.is_none() || self.upload.try_lock().is_ok())
     }
 
     /// The staged size.
@@ -185,39 +256,70 @@ impl Staged {
         write_atomic(&self.journal_path, &bytes)
     }
 
+    /// Starts an upload if the file changed: waits for any upload under way, then takes the
+    /// entry as it stands and counts the file clean (a write from here on makes it dirty
+    /// again). `None` when there is nothing to upload.
+    pub(crate) async fn begin(&self) -> Option<Begun<'_>> {
+        let one = self.upload.clone().lock_owned().await;
+        self.begun(one)
+    }
+
+    /// Waits for an upload under way and keeps others from starting while the guard lives
+    /// (a rename or removal of the file must not race its upload's link).
+    pub(crate) async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.upload.clone().lock_owned().await
+    }
+
+    /// Like [`begin`](Self::begin), but `None` too when an upload is under way.
+    pub(crate) fn try_begin(&self) -> Option<Begun<'_>> {
+        let one = self.upload.clone().try_lock_owned().ok()?;
+        self.begun(one)
+    }
+
+    fn begun(&self, one: tokio::sync::OwnedMutexGuard<()>) -> Option<Begun<'_>> {
+        let mut state = self.lock();
+        if !state.dirty {
+            return None;
+        }
+        state.dirty = false;
+        Some(Begun {
+            staged: self,
+            entry: state.entry.clone(),
+            finished: false,
+            _one: one,
+        })
+    }
+
     /// Uploads the staged bytes if they changed and links them at the entry's location.
-    /// Returns the put's report, or `None` when there was nothing to do. Cancel-safe only in
-    /// the sense that a cancelled upload leaves the file dirty.
+    /// Returns the put's report, or `None` when there was nothing to do. A cancelled upload
+    /// leaves the file dirty.
     pub(crate) async fn upload(&self, node: &Node) -> Result<Option<PutReport>, NodeError> {
-        let _one = self.upload.lock().await;
-        let (entry, journal_written) = {
-            let mut state = self.lock();
-            if !state.dirty {
-                return Ok(None);
-            }
-            state.dirty = false;
-            (state.entry.clone(), true)
+        let Some(begun) = self.begin().await else {
+            return Ok(None);
         };
         let result = async {
-            let Some(location) = &entry.location else {
+            let Some(location) = &begun.entry.location else {
                 return Ok(None);
             };
-            self.file.sync_data().map_err(io(&self.data_path))?;
             let reader = self.file.try_clone().map_err(io(&self.data_path))?;
             let report = put_file(node, reader, &self.data_path).await?;
-            link(node, location, &report.cap, &entry).await?;
+            link(node, location, &report.cap, &begun.entry).await?;
             Ok(Some(report))
         }
         .await;
-        let mut state = self.lock();
-        match &result {
-            Err(_) => state.dirty = true,
-            Ok(_) if !state.dirty && journal_written => {
-                let _ = std::fs::remove_file(&self.journal_path);
-            }
-            Ok(_) => {}
-        }
+        begun.finish(result.is_ok());
         result
+    }
+
+    /// The whole staged content (for a batch of small files).
+    fn contents(&self) -> Result<Vec<u8>, NodeError> {
+        let mut data = Vec::new();
+        let mut file = self.file.try_clone().map_err(io(&self.data_path))?;
+        use std::io::{Read, Seek};
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(io(&self.data_path))?;
+        file.read_to_end(&mut data).map_err(io(&self.data_path))?;
+        Ok(data)
     }
 
     /// Drops the file from the journal: it was deleted, so nothing is to be uploaded.
@@ -229,13 +331,104 @@ impl Staged {
     }
 
     /// Removes the staging file (after the last writer closed and the upload is linked). A
-    /// file still dirty (its upload failed) keeps its data and journal entry for `recover`.
+    /// file still dirty keeps its data and journal entry for `recover`.
     pub(crate) fn discard(&self) {
         if self.lock().dirty {
             return;
         }
         let _ = std::fs::remove_file(&self.data_path);
     }
+}
+
+/// Uploads many small staged files at once: one [`Node::put_many`] for their bytes, then one
+/// [`Node::link_many`] per directory (one directory version for the lot). A file whose upload
+/// is under way already is left for later. Returns each file's result (`None`: nothing done).
+pub(crate) async fn upload_batch(
+    node: &Node,
+    files: &[Arc<Staged>],
+) -> Vec<Result<Option<PutReport>, NodeError>> {
+    let mut results: Vec<Result<Option<PutReport>, NodeError>> =
+        files.iter().map(|_| Ok(None)).collect();
+    // (index into files, begun upload, location) of each file with something to send.
+    let mut taken = Vec::new();
+    let mut data = Vec::new();
+    for (i, staged) in files.iter().enumerate() {
+        let Some(begun) = staged.try_begin() else {
+            continue;
+        };
+        let Some(location) = begun.entry.location.clone() else {
+            begun.finish(true);
+            continue;
+        };
+        match staged.contents() {
+            Ok(bytes) => {
+                data.push(bytes);
+                taken.push((i, begun, location));
+            }
+            Err(e) => {
+                begun.finish(false);
+                results[i] = Err(e);
+            }
+        }
+    }
+    let puts = node.put_many(data, PutOptions::default()).await;
+    // Group what was put by directory, keeping the order files were closed in.
+    let mut by_dir: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut reports: Vec<Option<PutReport>> = Vec::new();
+    for (t, put) in puts.into_iter().enumerate() {
+        let (i, _, location) = &taken[t];
+        match put {
+            Ok(report) => {
+                let dir = location.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+                match by_dir.iter_mut().find(|(d, _)| *d == dir) {
+                    Some((_, members)) => members.push(t),
+                    None => by_dir.push((dir, vec![t])),
+                }
+                reports.push(Some(report));
+            }
+            Err(e) => {
+                results[*i] = Err(e);
+                reports.push(None);
+            }
+        }
+    }
+    for (dir, members) in by_dir {
+        let items: Result<Vec<(String, Content)>, NodeError> = members
+            .iter()
+            .map(|&t| {
+                let (_, begun, location) = &taken[t];
+                let name = location.rsplit_once('/').map_or("", |(_, n)| n).to_owned();
+                let cap = &reports[t]
+                    .as_ref()
+                    .map(|r| r.cap.clone())
+                    .unwrap_or_default();
+                Ok((name, content(cap, &begun.entry)?))
+            })
+            .collect();
+        let linked = match items {
+            Ok(items) => node.link_many(&dir, items).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        for &t in &members {
+            let (i, begun, location) = &taken[t];
+            let one = match &linked {
+                Ok(()) => Ok(()),
+                // One bad name fails the whole version: link the files one by one instead.
+                Err(_) => {
+                    let cap = reports[t]
+                        .as_ref()
+                        .map(|r| r.cap.clone())
+                        .unwrap_or_default();
+                    link(node, location, &cap, &begun.entry).await
+                }
+            };
+            results[*i] = one.map(|()| reports[t].take());
+        }
+    }
+    for (i, begun, _) in taken {
+        begun.finish(results[i].is_ok());
+    }
+    results
 }
 
 /// Puts the bytes of `file` (read from its start).
@@ -254,17 +447,21 @@ async fn link(
     cap: &str,
     entry: &JournalEntry,
 ) -> Result<(), NodeError> {
+    node.link(location, content(cap, entry)?, true).await
+}
+
+/// The directory entry content for the file put as `cap`.
+fn content(cap: &str, entry: &JournalEntry) -> Result<Content, NodeError> {
     let cap: Cap = cap.parse()?;
     let file = FileRef::new(cap)
         .ok_or_else(|| NodeError::Invalid("a put returned a cap that is not a file".into()))?;
-    let content = Content::File {
+    Ok(Content::File {
         file,
         meta: Meta {
             mode: entry.mode,
             mtime_ns: entry.mtime_ns,
         },
-    };
-    node.link(location, content, true).await
+    })
 }
 
 /// What a previous run left in `dir`: removes staging files that were never changed (no

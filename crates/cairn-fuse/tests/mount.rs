@@ -97,7 +97,9 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
             assert_eq!(names, ["2026", "small.txt"]);
         })
         .await;
-        // What the mount wrote is what the node reads.
+        // What the mount wrote is what the node reads, once uploaded (a close uploads in the
+        // background).
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
         assert_eq!(read_via(&node, "/docs/2026/big.bin").await, big);
         assert_eq!(read_via(&node, "/docs/small.txt").await, small);
 
@@ -138,6 +140,7 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
             );
         })
         .await;
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
         let ls = node.ls("/other").await.unwrap();
         let moved = ls.entries.iter().find(|e| e.name == "moved.txt").unwrap();
         assert_eq!(moved.mode, 0o600);
@@ -182,6 +185,7 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
             drop(f);
         })
         .await;
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
         assert_eq!(read_via(&node, "/other/moved.txt").await, b"Jello, again");
         let sparse = read_via(&node, "/other/sparse").await;
         assert_eq!(sparse.len(), (3 << 20) + 3);
@@ -241,6 +245,7 @@ async fn a_small_overwrite_uploads_only_the_chunks_it_touches() {
         let data = random_bytes(11, size);
         let (m2, d2) = (m.clone(), data.clone());
         blocking(move || fs::write(m2.join("large.bin"), &d2).unwrap()).await;
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
         let (_, _, first_bytes) = mounts.upload_stats();
         assert!(first_bytes >= size as u64, "first upload sent {first_bytes}");
 
@@ -597,6 +602,114 @@ async fn a_file_held_open_reaches_the_grid_once_its_writes_pause() {
         close.send(()).unwrap();
         blocking(move || writer.join().unwrap()).await;
         mounts.unmount_at(&m).await.unwrap();
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_closed_in_a_burst_go_up_in_the_background_in_few_versions() {
+    require_fuse!();
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        node.mkdir("/burst", false).await.unwrap();
+        let cap: cairn_core::DirWriteCap =
+            node.share("/burst", true).await.unwrap().parse().unwrap();
+        let first = node.slot_holders(&cap.slot())[0];
+        let holder = (0..5)
+            .map(|i| grid.node(i).clone())
+            .find(|n| n.id() == first)
+            .unwrap();
+        let versions_before = holder.held_versions(&cap.slot()).unwrap().len();
+        let base = tempfile::tempdir().unwrap();
+        let (mounts, m) = mount(&node, base.path(), "m", None).await;
+        const FILES: usize = 200;
+        let m2 = m.clone();
+        blocking(move || {
+            for i in 0..FILES {
+                fs::write(
+                    m2.join(format!("burst/f{i}.txt")),
+                    format!("file {i} {}", "x".repeat(i)),
+                )
+                .unwrap();
+            }
+            // Listed and read back at once, before any upload is known to have finished.
+            assert_eq!(fs::read_dir(m2.join("burst")).unwrap().count(), FILES);
+            assert_eq!(
+                fs::read(m2.join("burst/f7.txt")).unwrap(),
+                b"file 7 xxxxxxx"
+            );
+            assert_eq!(fs::metadata(m2.join("burst/f9.txt")).unwrap().len(), 16);
+        })
+        .await;
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
+        let ls = node.ls("/burst").await.unwrap();
+        assert_eq!(ls.entries.len(), FILES);
+        assert_eq!(
+            read_via(&node, "/burst/f150.txt").await,
+            format!("file 150 {}", "x".repeat(150)).into_bytes()
+        );
+        let added = holder.held_versions(&cap.slot()).unwrap().len() - versions_before;
+        eprintln!("{FILES} files closed in a burst: {added} directory versions");
+        assert!(
+            added < FILES / 4,
+            "{added} directory versions for {FILES} files"
+        );
+        mounts.unmount_at(&m).await.unwrap();
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_not_uploaded_yet_moves_and_goes_without_reaching_the_grid() {
+    require_fuse!();
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let base = tempfile::tempdir().unwrap();
+        let (mounts, m) = mount(&node, base.path(), "m", None).await;
+        let m2 = m.clone();
+        blocking(move || {
+            fs::create_dir(m2.join("d")).unwrap();
+            fs::create_dir(m2.join("e")).unwrap();
+            // Held open, so none of them is uploaded while the calls below run.
+            let mut keep = fs::File::create(m2.join("d/keep.tmp")).unwrap();
+            keep.write_all(b"kept").unwrap();
+            let mut gone = fs::File::create(m2.join("d/gone.txt")).unwrap();
+            gone.write_all(b"never uploaded").unwrap();
+            // A directory holding only files not uploaded yet is not empty.
+            let e = fs::remove_dir(m2.join("d")).unwrap_err();
+            assert_eq!(errno(e), libc::ENOTEMPTY);
+            fs::remove_file(m2.join("d/gone.txt")).unwrap();
+            assert!(!m2.join("d/gone.txt").exists());
+            fs::rename(m2.join("d/keep.tmp"), m2.join("e/kept.txt")).unwrap();
+            assert!(!m2.join("d/keep.tmp").exists());
+            assert_eq!(fs::read(m2.join("e/kept.txt")).unwrap(), b"kept");
+            let e = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m2.join("e/kept.txt"))
+                .unwrap_err();
+            assert_eq!(errno(e), libc::EEXIST);
+            drop((keep, gone));
+        })
+        .await;
+        // Unmounting uploads what is left.
+        mounts.unmount_at(&m).await.unwrap();
+        assert!(node.ls("/d").await.unwrap().entries.is_empty());
+        let ls = node.ls("/e").await.unwrap();
+        assert_eq!(
+            ls.entries
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>(),
+            ["kept.txt"]
+        );
+        assert_eq!(read_via(&node, "/e/kept.txt").await, b"kept");
         grid.shutdown().await;
     })
     .await

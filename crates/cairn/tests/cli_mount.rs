@@ -95,13 +95,13 @@ fn a_mounted_tree_works_for_shell_tools_and_unmounts_cleanly() {
     let du = sh(&format!("du -sk {p}/src | cut -f1"));
     assert!(du.trim().parse::<u64>().unwrap() >= 1000, "du says {du}");
     sh(&format!("chmod 600 {p}/src/docs/f3.dat"));
-    let long = at(&a, &["ls", "-l", "/src/docs"]).success();
-    assert!(
+    // A close (and a chmod of a file not uploaded yet) reaches the grid in the background.
+    wait_for(Duration::from_secs(20), "the mode on the grid", || {
+        let long = at(&a, &["ls", "-l", "/src/docs"]).success();
         long.stdout
             .lines()
-            .any(|l| l.starts_with("-rw-------") && l.ends_with("f3.dat")),
-        "{long}"
-    );
+            .any(|l| l.starts_with("-rw-------") && l.ends_with("f3.dat"))
+    });
     let listed = sh(&format!("ls -l {p}/src/link"));
     assert!(listed.contains("-> lib/f1.dat"), "{listed}");
     // The grid side agrees: another node reads a file written through the mount.
@@ -161,8 +161,8 @@ fn kill_9_of_the_daemon_leaves_no_stuck_mount_and_uploads_staged_writes() {
     let p = point.to_str().unwrap().to_string();
     let mut m = MountProc::start(&a, &point, &[]);
 
-    // A writer that wrote and still holds the file open: staged, not uploaded yet.
-    // (A shell redirection would close a duplicate of the descriptor, and every close uploads.)
+    // A writer that wrote and still holds the file open: staged, not uploaded yet (an open
+    // file goes up once idle for 5 s; a closed one within a moment of its close).
     let mut writer = Command::new("python3")
         .arg("-c")
         .arg(format!(
