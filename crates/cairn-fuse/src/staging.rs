@@ -340,8 +340,9 @@ impl Staged {
     }
 }
 
-/// Uploads many small staged files at once: one [`Node::put_many`] for their bytes, then one
-/// [`Node::link_many`] per directory (one directory version for the lot). A file whose upload
+/// Uploads many small staged files at once: one [`Node::put_many`] for their bytes (kept in
+/// the node's block cache as well), then one [`Node::link_many`] per directory (one directory
+/// version for the lot). A file whose upload
 /// is under way already is left for later. Returns each file's result (`None`: nothing done).
 pub(crate) async fn upload_batch(
     node: &Node,
@@ -371,7 +372,13 @@ pub(crate) async fn upload_batch(
             }
         }
     }
-    let puts = node.put_many(data, PutOptions::default()).await;
+    // Kept in the block cache too: files just written are often read again here (a build, a
+    // `git status`), and small ones cost the most to fetch.
+    let options = PutOptions {
+        cache: true,
+        ..Default::default()
+    };
+    let puts = node.put_many(data, options).await;
     // Group what was put by directory, keeping the order files were closed in.
     let mut by_dir: Vec<(String, Vec<usize>)> = Vec::new();
     let mut reports: Vec<Option<PutReport>> = Vec::new();

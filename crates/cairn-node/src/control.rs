@@ -631,7 +631,13 @@ async fn handle_put(
         let mut rx = rx;
         move |cx| rx.poll_recv(cx)
     }));
-    let put = node.put(reader, PutOptions { private });
+    let put = node.put(
+        reader,
+        PutOptions {
+            private,
+            ..Default::default()
+        },
+    );
     let ((), result) = tokio::join!(pump, put);
     if let Err(e) = &result {
         warn!(error = %e, "put failed");
@@ -689,7 +695,15 @@ async fn handle_put_many(
         }
         files.push(data);
     }
-    let results = node.put_many(files, PutOptions { private }).await;
+    let results = node
+        .put_many(
+            files,
+            PutOptions {
+                private,
+                ..Default::default()
+            },
+        )
+        .await;
     Ok(results
         .into_iter()
         .map(|r| {

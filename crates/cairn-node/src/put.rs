@@ -53,6 +53,11 @@ pub struct PutOptions {
     /// Use fresh random keys instead of convergent ones: nobody can confirm the content by
     /// putting it themselves, and nothing dedups.
     pub private: bool,
+    /// Keep the file's decrypted chunks and manifest in this node's block cache as they are
+    /// sealed, so reading the file back here needs no grid (what a mount does with the files
+    /// written through it). A block the cache cannot take is skipped, never a failed put.
+    #[serde(default)]
+    pub cache: bool,
 }
 
 /// What a put did.
@@ -169,6 +174,7 @@ impl Node {
         let sealed = raw_chunks
             .map(|chunk| {
                 let secret = secret.clone();
+                let blocks = options.cache.then(|| inner.blocks.clone());
                 async move {
                     let chunk = chunk?;
                     tokio::task::spawn_blocking(move || {
@@ -177,11 +183,14 @@ impl Node {
                         } else {
                             KeyMode::Convergent(&secret)
                         };
-                        seal_chunk(&chunk, mode, rand::random, encoding)
+                        let sealed = seal_chunk(&chunk, mode, rand::random, encoding)?;
+                        if let Some(blocks) = blocks {
+                            keep_written(&blocks, &sealed.root, &chunk);
+                        }
+                        Ok::<_, NodeError>(sealed)
                     })
                     .await
                     .map_err(|e| NodeError::Control(e.to_string()))?
-                    .map_err(NodeError::from)
                 }
             })
             .buffered(SEALS_IN_FLIGHT);
@@ -235,6 +244,9 @@ impl Node {
             });
         }
         let root = header.root();
+        if options.cache {
+            keep_written(&inner.blocks, &root, &bytes);
+        }
         inner
             .place_shares(root, header.encode(), shares, &stats)
             .await?;
@@ -486,11 +498,19 @@ struct Sealed {
     cap: String,
 }
 
+/// Puts a block just written in the block cache (see [`PutOptions::cache`]).
+fn keep_written(blocks: &crate::blocks::BlockCache, root: &ShareRoot, plain: &[u8]) {
+    if let Err(e) = blocks.put(root, plain) {
+        tracing::debug!(error = %e, "could not cache a block written here");
+    }
+}
+
 /// Seals one file held in memory: its chunks, then its manifest, as [`Node::put`] would.
 fn seal_file(
     data: &[u8],
     file: usize,
     options: PutOptions,
+    blocks: &crate::blocks::BlockCache,
     secret: &cairn_core::crypto::ConvergenceSecret,
     encoding: cairn_core::Encoding,
     blobs: &mut Vec<BatchBlob>,
@@ -518,6 +538,9 @@ fn seal_file(
     for chunk in Chunker::new(std::io::Cursor::new(data)) {
         let chunk = chunk.map_err(|e| NodeError::Aborted(e.to_string()))?;
         let sealed = seal_chunk(&chunk, mode(), rand::random, encoding)?;
+        if options.cache {
+            keep_written(blocks, &sealed.root, &chunk);
+        }
         builder.push(
             ChunkRef {
                 root: sealed.root,
@@ -535,7 +558,8 @@ fn seal_file(
     }
     let result = (|| {
         let (manifest, read_key) = builder.finish(mode(), rand::random)?;
-        let (header, shares) = encode_blob(&manifest.encode(), encoding)?;
+        let bytes = manifest.encode();
+        let (header, shares) = encode_blob(&bytes, encoding)?;
         if header.share_len() > MAX_MANIFEST_SHARE {
             return Err(NodeError::TooLarge {
                 needed: header.share_len(),
@@ -543,6 +567,9 @@ fn seal_file(
             });
         }
         let root = header.root();
+        if options.cache {
+            keep_written(blocks, &root, &bytes);
+        }
         blobs.push(BatchBlob {
             file,
             root,
@@ -586,12 +613,15 @@ impl Node {
         let count = files.len();
         let secret = inner.keys.convergence.clone();
         let encoding = inner.grid.encoding;
+        let blocks = inner.blocks.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let mut blobs = Vec::new();
             let sealed: Vec<Result<Sealed, NodeError>> = files
                 .iter()
                 .enumerate()
-                .map(|(i, data)| seal_file(data, i, options, &secret, encoding, &mut blobs))
+                .map(|(i, data)| {
+                    seal_file(data, i, options, &blocks, &secret, encoding, &mut blobs)
+                })
                 .collect();
             (sealed, blobs)
         })

@@ -102,7 +102,10 @@ async fn same_file_twice_gives_same_cap_and_no_new_disk() {
             .node(0)
             .put(
                 std::io::Cursor::new(data.clone()),
-                PutOptions { private: true },
+                PutOptions {
+                    private: true,
+                    ..Default::default()
+                },
             )
             .await
             .expect("private put");

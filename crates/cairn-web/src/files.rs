@@ -122,7 +122,13 @@ pub(crate) async fn upload(
     });
     let put = state
         .node
-        .put(StreamReader::new(stream), PutOptions { private: q.private })
+        .put(
+            StreamReader::new(stream),
+            PutOptions {
+                private: q.private,
+                ..Default::default()
+            },
+        )
         .await;
     let report = match put {
         Ok(report) => report,
