@@ -268,6 +268,7 @@ pub fn dir_bodies() -> Vec<(&'static str, VersionBody)> {
     let meta = Meta {
         mode: 0o644,
         mtime_ns: 1_700_000_000_000_000_000,
+        ..Default::default()
     };
     let literal = |text: &str| Content::File {
         file: FileRef::new(Cap::Literal(LiteralCap {

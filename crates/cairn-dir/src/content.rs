@@ -19,6 +19,13 @@ pub struct Meta {
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Owner user and group ids as set by `chown`; `None`: whoever mounts it.
+    #[serde(default)]
+    pub owner: Option<(u32, u32)>,
+    /// Access time as last set (`utimens`), nanoseconds since the epoch; `None`: the mtime.
+    /// Reads do not change it.
+    #[serde(default)]
+    pub atime_ns: Option<i64>,
 }
 
 /// An entry's target.

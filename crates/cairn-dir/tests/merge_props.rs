@@ -102,6 +102,7 @@ fn file(byte: u8) -> Content {
         meta: Meta {
             mode: 0o644,
             mtime_ns: 0,
+            ..Default::default()
         },
     }
 }

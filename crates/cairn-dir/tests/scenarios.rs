@@ -25,6 +25,7 @@ fn meta() -> Meta {
     Meta {
         mode: 0o644,
         mtime_ns: 1_700_000_000_000_000_000,
+        ..Default::default()
     }
 }
 
@@ -436,6 +437,8 @@ fn rich_delta(parent: &DirWriteCap, child: &DirWriteCap) -> (DirState, NodeId) {
                 Meta {
                     mode: 0o755,
                     mtime_ns: 0,
+                    owner: Some((1000, 100)),
+                    atime_ns: Some(42),
                 },
             ),
         )

@@ -66,6 +66,46 @@ pub struct UploadStats {
     pub bytes_sent: AtomicU64,
 }
 
+/// What one `setattr` changes.
+#[derive(Clone, Copy, Debug, Default)]
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime_ns: Option<i64>,
+    mtime_ns: Option<i64>,
+}
+
+impl AttrChange {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime_ns.is_none()
+            && self.mtime_ns.is_none()
+    }
+
+    /// `meta` with this change made; an owner not set yet starts from `default_owner`.
+    fn applied_to(&self, mut meta: Meta, default_owner: (u32, u32)) -> Meta {
+        if let Some(mode) = self.mode {
+            meta.mode = mode & 0o7777;
+        }
+        if let Some(t) = self.mtime_ns {
+            meta.mtime_ns = t;
+        }
+        if let Some(t) = self.atime_ns {
+            meta.atime_ns = Some(t);
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            let (uid, gid) = meta.owner.unwrap_or(default_owner);
+            meta.owner = Some((self.uid.unwrap_or(uid), self.gid.unwrap_or(gid)));
+        }
+        meta
+    }
+}
+
 /// An open handle.
 enum Handle {
     File {
@@ -342,93 +382,79 @@ impl Shared {
         Ok(listing.entries.iter().find(|e| e.name == name).cloned())
     }
 
-    fn root_attr(&self) -> FileAttr {
-        let meta = locked(&self.dir_meta).get(&ROOT).copied();
-        let mtime = meta.map_or(self.mounted_at, |m| time_of_ns(m.mtime_ns));
-        FileAttr {
-            ino: INodeNo(ROOT),
-            size: 0,
-            blocks: 0,
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind: FileType::Directory,
-            perm: meta.map_or(0o755, |m| (m.mode & 0o7777) as u16),
-            nlink: 2,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: BLKSIZE,
-            flags: 0,
-        }
-    }
-
-    /// The attributes of a file made through this mount and not on the grid yet.
-    fn staged_attr(&self, ino: u64, staged: &Staged) -> FileAttr {
-        let size = staged.len();
-        let (mode, mtime_ns) = {
-            let state = staged.lock();
-            (state.entry.mode, state.entry.mtime_ns)
-        };
-        let mtime = time_of_ns(mtime_ns);
+    /// The attributes of `ino` from its kind, size and stored metadata. The owner is who
+    /// mounts it unless a `chown` set one; the access time is the mtime unless set.
+    fn make_attr(
+        &self,
+        ino: u64,
+        kind: FileType,
+        size: u64,
+        meta: &Meta,
+        ctime: SystemTime,
+    ) -> FileAttr {
+        let mtime = time_of_ns(meta.mtime_ns);
+        let (uid, gid) = meta.owner.unwrap_or((self.uid, self.gid));
         FileAttr {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
-            atime: mtime,
-            mtime,
-            ctime: mtime,
-            crtime: mtime,
-            kind: FileType::RegularFile,
-            perm: (mode & 0o7777) as u16,
-            nlink: 1,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: BLKSIZE,
-            flags: 0,
-        }
-    }
-
-    fn attr(&self, ino: u64, entry: &LsEntry) -> FileAttr {
-        let kind = kind_of(entry);
-        let mut size = entry.size;
-        let mut mode = entry.mode;
-        let mut mtime_ns = entry.mtime_ns;
-        if kind == FileType::RegularFile
-            && let Some(staged) = locked(&self.staged).get(&ino).cloned()
-        {
-            size = staged.len();
-            let state = staged.lock();
-            mode = state.entry.mode;
-            mtime_ns = state.entry.mtime_ns;
-        }
-        if kind == FileType::Directory
-            && let Some(meta) = locked(&self.dir_meta).get(&ino)
-        {
-            mode = meta.mode;
-            mtime_ns = meta.mtime_ns;
-        }
-        let mtime = time_of_ns(mtime_ns);
-        let ctime = UNIX_EPOCH + Duration::from_millis(entry.ctime_ms);
-        FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: mtime,
+            atime: meta.atime_ns.map_or(mtime, time_of_ns),
             mtime,
             ctime: ctime.max(mtime),
             crtime: mtime,
             kind,
-            perm: (mode & 0o7777) as u16,
+            perm: (meta.mode & 0o7777) as u16,
             nlink: if kind == FileType::Directory { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: BLKSIZE,
             flags: 0,
         }
+    }
+
+    /// What the mount's root shows: as set through this mount, else 0755 since the mount.
+    fn root_meta(&self) -> Meta {
+        locked(&self.dir_meta).get(&ROOT).copied().unwrap_or(Meta {
+            mode: 0o755,
+            mtime_ns: ns_of_time(self.mounted_at),
+            ..Default::default()
+        })
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        let meta = self.root_meta();
+        let ctime = time_of_ns(meta.mtime_ns);
+        self.make_attr(ROOT, FileType::Directory, 0, &meta, ctime)
+    }
+
+    /// The attributes of a file made through this mount and not on the grid yet.
+    fn staged_attr(&self, ino: u64, staged: &Staged) -> FileAttr {
+        let meta = staged.lock().entry.meta;
+        let ctime = time_of_ns(meta.mtime_ns);
+        self.make_attr(ino, FileType::RegularFile, staged.len(), &meta, ctime)
+    }
+
+    /// The metadata of `ino` as the mount shows it: its entry's, or its staged copy's.
+    fn meta_of(&self, ino: u64, entry: &LsEntry) -> (u64, Meta) {
+        if entry.kind == "file"
+            && let Some(staged) = locked(&self.staged).get(&ino).cloned()
+        {
+            return (staged.len(), staged.lock().entry.meta);
+        }
+        let meta = Meta {
+            mode: entry.mode,
+            mtime_ns: entry.mtime_ns,
+            owner: entry.owner,
+            atime_ns: entry.atime_ns,
+        };
+        (entry.size, meta)
+    }
+
+    fn attr(&self, ino: u64, entry: &LsEntry) -> FileAttr {
+        let (size, meta) = self.meta_of(ino, entry);
+        let ctime = UNIX_EPOCH + Duration::from_millis(entry.ctime_ms);
+        self.make_attr(ino, kind_of(entry), size, &meta, ctime)
     }
 
     /// The parent's cap and the name of `ino`.
@@ -497,6 +523,7 @@ impl Shared {
             let meta = Meta {
                 mode,
                 mtime_ns: ns_of_time(attr.mtime),
+                ..Default::default()
             };
             self.set_entry_meta(attr.ino.0, meta).await?;
             return self.lookup(parent, name).await;
@@ -682,10 +709,7 @@ impl Shared {
         let staged = Staged::create(
             &self.staging_dir,
             location.clone(),
-            Meta {
-                mode: entry.mode,
-                mtime_ns: entry.mtime_ns,
-            },
+            self.meta_of(ino, &entry).1,
             true,
         )?;
         if !truncate && entry.size > 0 {
@@ -913,6 +937,7 @@ impl Shared {
         let meta = Meta {
             mode: mode & 0o7777,
             mtime_ns: now_ns(),
+            ..Default::default()
         };
         let staged = Arc::new(Staged::create(&self.staging_dir, location, meta, false)?);
         staged.lock().writers = 1;
@@ -923,78 +948,78 @@ impl Shared {
         Ok((self.staged_attr(ino, &staged), ino))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        mtime: Option<TimeOrNow>,
-        atime_only: bool,
-    ) -> Result<FileAttr, NodeError> {
-        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
-            return Err(NodeError::NotAllowed("chown"));
+    /// The stored metadata of `ino` and its kind.
+    async fn current_meta(&self, ino: u64) -> Result<(FileType, Meta), NodeError> {
+        if ino == ROOT {
+            return Ok((FileType::Directory, self.root_meta()));
         }
-        let mtime_ns = mtime.map(|t| match t {
-            TimeOrNow::Now => now_ns(),
-            TimeOrNow::SpecificTime(t) => ns_of_time(t),
-        });
-        if mode.is_none() && size.is_none() && mtime_ns.is_none() {
-            // chown to the owner, or atime only: nothing stored changes.
-            let _ = atime_only;
+        let staged = locked(&self.staged).get(&ino).cloned();
+        if let Some(staged) = staged
+            && staged.unlinked()
+        {
+            return Ok((FileType::RegularFile, staged.lock().entry.meta));
+        }
+        let (_, parent, name) = self.place(ino).await?;
+        let entry = self
+            .entry(&parent, &name)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+        Ok((kind_of(&entry), self.meta_of(ino, &entry).1))
+    }
+
+    /// `chmod`, `chown`, `truncate`, `utimens`: each kept in the entry (files being written:
+    /// in their staged copy, linked with it).
+    async fn setattr(&self, ino: u64, change: AttrChange) -> Result<FileAttr, NodeError> {
+        if change.is_empty() {
             return self.stat(ino).await;
         }
         if self.read_only {
             return Err(NodeError::ReadOnly(String::new()));
         }
-        let current = self.stat(ino).await?;
-        let meta = Meta {
-            mode: mode.map_or(u32::from(current.perm), |m| m & 0o7777),
-            mtime_ns: mtime_ns.unwrap_or_else(|| ns_of_time(current.mtime)),
-        };
-        match current.kind {
+        let (kind, current) = self.current_meta(ino).await?;
+        let meta = change.applied_to(current, (self.uid, self.gid));
+        match kind {
             FileType::Directory => {
-                if size.is_some() {
+                if change.size.is_some() {
                     return Err(NodeError::IsADirectory(String::new()));
                 }
                 if ino == ROOT {
                     // The mount's root has no entry to keep it in: it holds for the mount's life.
                     locked(&self.dir_meta).insert(ROOT, meta);
-                } else {
+                } else if meta != current {
                     self.set_entry_meta(ino, meta).await?;
                 }
             }
-            FileType::Symlink => self.set_entry_meta(ino, meta).await?,
+            FileType::Symlink => {
+                if meta != current {
+                    self.set_entry_meta(ino, meta).await?;
+                }
+            }
             _ => {
                 let open = locked(&self.staged).get(&ino).cloned();
-                match (open, size) {
-                    (Some(staged), _) => {
-                        if let Some(size) = size {
+                let staged = match (open, change.size) {
+                    (Some(staged), _) => Some((staged, false)),
+                    (None, Some(size)) => Some((self.stage(ino, size == 0, true).await?, true)),
+                    (None, None) => None,
+                };
+                match staged {
+                    Some((staged, writer)) => {
+                        if let Some(size) = change.size {
                             staged
                                 .file
                                 .set_len(size)
                                 .map_err(|e| NodeError::io(&self.staging_dir, e))?;
                         }
-                        if let Some(m) = mode {
-                            staged.lock().entry.mode = m & 0o7777;
+                        staged.lock().entry.meta = meta;
+                        // A size change without a time given moves the mtime.
+                        let touched = change.size.is_some() && change.mtime_ns.is_none();
+                        staged.mark_dirty(touched.then(now_ns))?;
+                        if writer {
+                            self.release_writer(ino);
                         }
-                        staged.mark_dirty(mtime_ns.or(size.map(|_| now_ns())))?;
                     }
-                    (None, Some(size)) => {
-                        let staged = self.stage(ino, size == 0, true).await?;
-                        staged
-                            .file
-                            .set_len(size)
-                            .map_err(|e| NodeError::io(&self.staging_dir, e))?;
-                        if let Some(m) = mode {
-                            staged.lock().entry.mode = m & 0o7777;
-                        }
-                        staged.mark_dirty(Some(mtime_ns.unwrap_or_else(now_ns)))?;
-                        self.release_writer(ino);
-                    }
-                    (None, None) => self.set_entry_meta(ino, meta).await?,
+                    None if meta != current => self.set_entry_meta(ino, meta).await?,
+                    None => {}
                 }
             }
         }
@@ -1264,12 +1289,22 @@ impl Filesystem for CairnFs {
         reply: ReplyAttr,
     ) {
         self.run(|s| async move {
-            let result = s
-                .setattr(ino.0, mode, uid, gid, size, mtime, atime.is_some())
-                .await;
-            match result {
+            let time = |t: Option<TimeOrNow>| {
+                t.map(|t| match t {
+                    TimeOrNow::Now => now_ns(),
+                    TimeOrNow::SpecificTime(t) => ns_of_time(t),
+                })
+            };
+            let change = AttrChange {
+                mode,
+                uid,
+                gid,
+                size,
+                atime_ns: time(atime),
+                mtime_ns: time(mtime),
+            };
+            match s.setattr(ino.0, change).await {
                 Ok(attr) => reply.attr(&LISTING_TTL, &attr),
-                Err(NodeError::NotAllowed(_)) => reply.error(Errno::EPERM),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -31,10 +31,9 @@ use tracing::{info, warn};
 pub(crate) struct JournalEntry {
     /// Where the file is linked: `DIRCAP/name`. `None` once the file was deleted.
     pub(crate) location: Option<String>,
-    /// Mode bits.
-    pub(crate) mode: u32,
-    /// Modification time, ns since the epoch.
-    pub(crate) mtime_ns: i64,
+    /// Mode, times and owner to link it with.
+    #[serde(flatten)]
+    pub(crate) meta: Meta,
 }
 
 /// The mutable part of a staged file.
@@ -158,8 +157,7 @@ impl Staged {
             state: Mutex::new(StagedState {
                 entry: JournalEntry {
                     location: Some(location),
-                    mode: meta.mode,
-                    mtime_ns: meta.mtime_ns,
+                    meta,
                 },
                 dirty: false,
                 changed_at: None,
@@ -221,7 +219,7 @@ impl Staged {
     pub(crate) fn mark_dirty(&self, mtime_ns: Option<i64>) -> Result<(), NodeError> {
         let mut state = self.lock();
         if let Some(t) = mtime_ns {
-            state.entry.mtime_ns = t;
+            state.entry.meta.mtime_ns = t;
         }
         let first = !state.dirty;
         state.dirty = true;
@@ -464,10 +462,7 @@ fn content(cap: &str, entry: &JournalEntry) -> Result<Content, NodeError> {
         .ok_or_else(|| NodeError::Invalid("a put returned a cap that is not a file".into()))?;
     Ok(Content::File {
         file,
-        meta: Meta {
-            mode: entry.mode,
-            mtime_ns: entry.mtime_ns,
-        },
+        meta: entry.meta,
     })
 }
 

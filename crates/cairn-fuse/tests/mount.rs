@@ -61,6 +61,12 @@ async fn read_via(node: &Node, location: &str) -> Vec<u8> {
     out
 }
 
+/// Whether the tests run as root (owner of `/proc/self`, without calling into libc).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
@@ -126,12 +132,30 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
                 .write(true)
                 .open(m2.join("other/moved.txt"))
                 .unwrap();
-            f.set_times(fs::FileTimes::new().set_modified(when))
-                .unwrap();
+            let read_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            f.set_times(
+                fs::FileTimes::new()
+                    .set_modified(when)
+                    .set_accessed(read_at),
+            )
+            .unwrap();
             drop(f);
+            // chown is kept as metadata (only root may give a file away).
+            let chown =
+                std::os::unix::fs::chown(m2.join("other/moved.txt"), Some(1234), Some(5678));
+            if running_as_root() {
+                chown.unwrap();
+            } else {
+                assert_eq!(errno(chown.unwrap_err()), libc::EPERM);
+            }
             let meta = fs::metadata(m2.join("other/moved.txt")).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600);
             assert_eq!(meta.modified().unwrap(), when);
+            assert_eq!(meta.accessed().unwrap(), read_at);
+            if running_as_root() {
+                use std::os::unix::fs::MetadataExt;
+                assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+            }
             // Renaming a directory moves what is inside.
             fs::rename(m2.join("docs/2026"), m2.join("other/2026")).unwrap();
             assert_eq!(
@@ -145,6 +169,10 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
         let moved = ls.entries.iter().find(|e| e.name == "moved.txt").unwrap();
         assert_eq!(moved.mode, 0o600);
         assert_eq!(moved.mtime_ns, 1_600_000_000 * 1_000_000_000);
+        assert_eq!(moved.atime_ns, Some(1_700_000_000 * 1_000_000_000));
+        if running_as_root() {
+            assert_eq!(moved.owner, Some((1234, 5678)));
+        }
         assert_eq!(read_via(&node, "/other/moved.txt").await, small);
         let link = ls.entries.iter().find(|e| e.name == "link").unwrap();
         assert_eq!(link.target.as_deref(), Some("../docs/2026/big.bin"));
@@ -300,6 +328,7 @@ async fn a_readcap_mount_refuses_every_write_with_erofs() {
                 meta: cairn_dir::Meta {
                     mode: 0o644,
                     mtime_ns: 0,
+                    ..Default::default()
                 },
             },
             false,
@@ -388,6 +417,7 @@ async fn a_file_written_on_another_node_shows_in_the_mount_within_a_second() {
                                 .duration_since(UNIX_EPOCH)
                                 .unwrap()
                                 .as_nanos() as i64,
+                            ..Default::default()
                         },
                     },
                     true,
@@ -443,6 +473,7 @@ async fn holders_lost_mid_read_fail_over_or_give_eio_in_time_never_hang() {
                     meta: cairn_dir::Meta {
                         mode: 0o644,
                         mtime_ns: 0,
+                        ..Default::default()
                     },
                 },
                 false,

@@ -22,6 +22,7 @@ fn file(i: usize) -> Content {
         meta: Meta {
             mode: 0o644,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            ..Default::default()
         },
     }
 }

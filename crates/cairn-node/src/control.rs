@@ -519,6 +519,7 @@ fn file_meta(meta: FileMeta) -> Meta {
         } else {
             meta.mtime_ns
         },
+        ..Default::default()
     }
 }
 

@@ -92,6 +92,12 @@ pub struct LsEntry {
     pub mode: u32,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Owner user and group ids, if set (`chown` through a mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<(u32, u32)>,
+    /// Access time, nanoseconds since the epoch, if set (`utimens` through a mount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ns: Option<i64>,
     /// When the entry last changed in the directory, milliseconds since the epoch.
     pub ctime_ms: u64,
     /// Whether the line takes part in a conflict.
@@ -145,6 +151,8 @@ fn ls_entry(line: &Listed, parent: &DirCap) -> LsEntry {
         size: line.content.size(),
         mode: meta.mode,
         mtime_ns: meta.mtime_ns,
+        owner: meta.owner,
+        atime_ns: meta.atime_ns,
         ctime_ms: line.changed.millis,
         conflict: line.conflict,
         target,
@@ -242,6 +250,7 @@ impl Node {
                     meta: Meta {
                         mode: 0o644,
                         mtime_ns: 0,
+                        ..Default::default()
                     },
                 })
             }
@@ -376,6 +385,7 @@ impl Node {
                 Meta {
                     mode: 0o755,
                     mtime_ns: now_ns(),
+                    ..Default::default()
                 },
             );
             let name = name.clone();
@@ -560,6 +570,7 @@ impl Node {
             meta: Meta {
                 mode: 0o777,
                 mtime_ns: now_ns(),
+                ..Default::default()
             },
         };
         self.link(location, content, false).await
@@ -702,6 +713,7 @@ impl Node {
         let meta = Meta {
             mode: if cap.is_dir() { 0o755 } else { 0o644 },
             mtime_ns: now_ns(),
+            ..Default::default()
         };
         let content = match cap {
             Cap::DirWrite(w) => {

@@ -86,6 +86,7 @@ async fn a_pinned_tree_lists_and_reads_offline_until_unpinned() {
                 meta: Meta {
                     mode: 0o644,
                     mtime_ns: 0,
+                    ..Default::default()
                 },
             };
             node.link(path, content, false).await.unwrap();
@@ -97,6 +98,7 @@ async fn a_pinned_tree_lists_and_reads_offline_until_unpinned() {
                 meta: Meta {
                     mode: 0o644,
                     mtime_ns: 0,
+                    ..Default::default()
                 },
             },
             false,

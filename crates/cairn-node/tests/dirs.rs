@@ -23,6 +23,7 @@ async fn put_file(node: &Node, data: &[u8]) -> Content {
         meta: Meta {
             mode: 0o640,
             mtime_ns: 1_700_000_000_000_000_000,
+            ..Default::default()
         },
     }
 }
@@ -720,7 +721,11 @@ async fn set_meta_changes_mode_and_mtime_and_keeps_the_target() {
         node.link("/docs/a.txt", put_file(node, &data).await, false)
             .await
             .unwrap();
-        let meta = |mode, mtime_ns| Meta { mode, mtime_ns };
+        let meta = |mode, mtime_ns| Meta {
+            mode,
+            mtime_ns,
+            ..Default::default()
+        };
         node.set_meta("/docs/inner", meta(0o700, 1_234_000_000_007))
             .await
             .unwrap();

@@ -150,6 +150,7 @@ pub(crate) async fn upload(
         meta: Meta {
             mode: 0o644,
             mtime_ns: now_ns(),
+            ..Default::default()
         },
     };
     state.node.link(&target, content, q.replace).await?;
