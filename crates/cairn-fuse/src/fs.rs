@@ -706,29 +706,21 @@ impl Shared {
             return Err(NodeError::IsADirectory(name));
         }
         let location = format!("{}/{name}", cap_text(&parent));
+        // Not copied: its blocks are fetched when written, or at the upload (crate::lazy).
+        let base = if !truncate && entry.size > 0 {
+            let cap = limited(self.node.resolve_file(&location)).await?;
+            let reader = limited(self.node.open_file(&cap)).await?;
+            Some((reader, cap.to_string()))
+        } else {
+            None
+        };
         let staged = Staged::create(
             &self.staging_dir,
             location.clone(),
             self.meta_of(ino, &entry).1,
             true,
+            base,
         )?;
-        if !truncate && entry.size > 0 {
-            let cap = limited(self.node.resolve_file(&location)).await?;
-            let reader = limited(self.node.open_file(&cap)).await?;
-            let mut offset = 0u64;
-            while offset < reader.size() {
-                let part = limited(reader.read_at(offset, 4 << 20)).await?;
-                if part.is_empty() {
-                    break;
-                }
-                use std::os::unix::fs::FileExt;
-                staged
-                    .file
-                    .write_all_at(&part, offset)
-                    .map_err(|e| NodeError::io(&self.staging_dir, e))?;
-                offset += part.len() as u64;
-            }
-        }
         let staged = Arc::new(staged);
         let mut map = locked(&self.staged);
         // Another open may have staged it meanwhile: use the one already there.
@@ -939,7 +931,13 @@ impl Shared {
             mtime_ns: now_ns(),
             ..Default::default()
         };
-        let staged = Arc::new(Staged::create(&self.staging_dir, location, meta, false)?);
+        let staged = Arc::new(Staged::create(
+            &self.staging_dir,
+            location,
+            meta,
+            false,
+            None,
+        )?);
         staged.lock().writers = 1;
         // Changed from the start: the journal entry makes a crash still link it.
         staged.mark_dirty(None)?;
@@ -1005,10 +1003,7 @@ impl Shared {
                 match staged {
                     Some((staged, writer)) => {
                         if let Some(size) = change.size {
-                            staged
-                                .file
-                                .set_len(size)
-                                .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                            staged.set_len(size)?;
                         }
                         staged.lock().entry.meta = meta;
                         // A size change without a time given moves the mtime.
@@ -1053,10 +1048,7 @@ impl Shared {
             let truncate = flags & libc::O_TRUNC != 0;
             let staged = self.stage(ino, truncate, true).await?;
             if truncate && staged.len() > 0 {
-                staged
-                    .file
-                    .set_len(0)
-                    .map_err(|e| NodeError::io(&self.staging_dir, e))?;
+                staged.set_len(0)?;
                 staged.mark_dirty(Some(now_ns()))?;
             }
         } else if !locked(&self.staged).contains_key(&ino) {
@@ -1093,11 +1085,11 @@ impl Shared {
                 _ => return Err(NodeError::Invalid("bad file handle".into())),
             }
         };
-        if let Some(staged) = locked(&self.staged).get(&ino).cloned() {
-            return staged
-                .read_at(offset, size as usize)
-                .map(bytes::Bytes::from)
-                .map_err(|e| NodeError::io(&self.staging_dir, e));
+        let staged = locked(&self.staged).get(&ino).cloned();
+        if let Some(staged) = staged {
+            return limited(staged.read_at(offset, size as usize))
+                .await
+                .map(bytes::Bytes::from);
         }
         let reader = match reader {
             Some(r) => r,
@@ -1121,7 +1113,8 @@ impl Shared {
         limited(reader.read_at(offset, size as usize)).await
     }
 
-    fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, NodeError> {
+    /// The staged copy a handle writes to, and whether it appends.
+    fn writing(&self, fh: u64) -> Result<(Arc<Staged>, bool), NodeError> {
         let (ino, append) = match locked(&self.handles).get(&fh) {
             Some(Handle::File {
                 ino,
@@ -1135,14 +1128,7 @@ impl Shared {
             .get(&ino)
             .cloned()
             .ok_or_else(|| NodeError::Invalid("no staged copy".into()))?;
-        let offset = if append { staged.len() } else { offset };
-        use std::os::unix::fs::FileExt;
-        staged
-            .file
-            .write_all_at(data, offset)
-            .map_err(|e| NodeError::io(&self.staging_dir, e))?;
-        staged.mark_dirty(Some(now_ns()))?;
-        Ok(data.len() as u32)
+        Ok((staged, append))
     }
 
     async fn opendir(&self, ino: u64) -> Result<u64, NodeError> {
@@ -1513,11 +1499,36 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // A local pwrite into the staging file: done here, no grid involved.
-        match self.shared.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+        let (staged, append) = match self.shared.writing(fh.0) {
+            Ok(w) => w,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let offset = if append { staged.len() } else { offset };
+        let len = data.len() as u64;
+        let write = move |staged: &Staged, data: &[u8]| {
+            staged.write_at(data, offset)?;
+            staged.mark_dirty(Some(now_ns()))?;
+            Ok::<u32, NodeError>(data.len() as u32)
+        };
+        if !staged.needs_fill(offset, len) {
+            // A local pwrite into the staging file: done here, no grid involved.
+            return match write(&staged, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            };
         }
+        // Into blocks of the file still on the grid: fetched first (crate::lazy).
+        let data = data.to_vec();
+        self.run(move |_| async move {
+            let result = match limited(staged.fill(offset, len)).await {
+                Ok(()) => write(&staged, &data),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(

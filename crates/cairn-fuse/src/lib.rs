@@ -23,6 +23,7 @@
 
 mod fs;
 mod inode;
+mod lazy;
 mod mounts;
 mod staging;
 

@@ -1,8 +1,8 @@
 //! Writes staged on local disk until they are uploaded.
 //!
-//! A file opened for writing gets a staging file `DIR/staging/<id>.data` holding its whole
-//! content (an existing file's bytes are copied in first, unless it is truncated). Writes go
-//! there. On the first change a journal entry `DIR/staging/<id>.json` (mode 0600: it names the
+//! A file opened for writing gets a staging file `DIR/staging/<id>.data`; writes go there. An
+//! existing file is not copied at open: the blocks nobody wrote stay on the grid until they
+//! are needed (see [`crate::lazy`]). On the first change a journal entry `DIR/staging/<id>.json` (mode 0600: it names the
 //! directory's cap) records where the file belongs; it is written to a temporary name and
 //! renamed, so it is whole or absent. An upload puts the file with [`Node::put`] (many small
 //! files at once with [`Node::put_many`], see [`upload_batch`]) and links its entry; the
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use cairn_core::cap::Cap;
 use cairn_dir::{Content, FileRef, Meta};
-use cairn_node::{Node, NodeError, PutOptions, PutReport};
+use cairn_node::{FileReader, Node, NodeError, PutOptions, PutReport};
+
+use crate::lazy::{Lazy, read_full};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -34,6 +36,18 @@ pub(crate) struct JournalEntry {
     /// Mode, times and owner to link it with.
     #[serde(flatten)]
     pub(crate) meta: Meta,
+    /// The file it started from, while blocks of it are not in the staging file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base: Option<BaseRef>,
+}
+
+/// The grid file a staged file started from (see [`crate::lazy`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct BaseRef {
+    /// Its readcap.
+    pub(crate) cap: String,
+    /// Its bytes still in the staged file.
+    pub(crate) len: u64,
 }
 
 /// The mutable part of a staged file.
@@ -59,7 +73,9 @@ pub(crate) struct StagedState {
 /// One staged file (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Staged {
-    pub(crate) file: File,
+    file: File,
+    /// The blocks still on the grid, for a file opened for writing without truncation.
+    lazy: Option<Lazy>,
     data_path: PathBuf,
     journal_path: PathBuf,
     pub(crate) state: Mutex<StagedState>,
@@ -131,13 +147,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
 }
 
 impl Staged {
-    /// A new, empty staging file in `dir` for the file at `location`; `linked` when the grid
-    /// has an entry for it already.
+    /// A new staging file in `dir` for the file at `location`: empty, or the file `base` (its
+    /// reader and readcap) fetched as needed. `linked` when the grid has an entry for it.
     pub(crate) fn create(
         dir: &Path,
         location: String,
         meta: Meta,
         linked: bool,
+        base: Option<(FileReader, String)>,
     ) -> Result<Staged, NodeError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let id: u128 = rand::random();
@@ -150,14 +167,26 @@ impl Staged {
             .mode(0o600)
             .open(&data_path)
             .map_err(io(&data_path))?;
+        let (lazy, base) = match base {
+            Some((reader, cap)) => {
+                let len = reader.size();
+                file.set_len(len).map_err(io(&data_path))?;
+                let fills = dir.join(format!("{id:032x}.fills"));
+                let base = BaseRef { cap, len };
+                (Some(Lazy::new(reader, fills, len)), Some(base))
+            }
+            None => (None, None),
+        };
         Ok(Staged {
             file,
+            lazy,
             data_path,
             journal_path,
             state: Mutex::new(StagedState {
                 entry: JournalEntry {
                     location: Some(location),
                     meta,
+                    base,
                 },
                 dirty: false,
                 changed_at: None,
@@ -194,24 +223,73 @@ impl Staged {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Reads up to `len` bytes at `offset`.
-    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    /// Reads up to `len` bytes at `offset` (blocks not fetched yet come from the grid).
+    pub(crate) async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, NodeError> {
         let size = self.len();
+        if let Some(lazy) = &self.lazy {
+            return lazy.read_at(&self.file, size, offset, len).await;
+        }
         let end = offset.saturating_add(len as u64).min(size);
         if offset >= end {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; (end - offset) as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
+        let n = read_full(&self.file, &mut buf, offset).map_err(io(&self.data_path))?;
+        buf.truncate(n);
         Ok(buf)
+    }
+
+    /// Whether a write of `len` bytes at `offset` must wait for [`fill`](Self::fill).
+    pub(crate) fn needs_fill(&self, offset: u64, len: u64) -> bool {
+        self.lazy
+            .as_ref()
+            .is_some_and(|l| l.needs_fill(offset, offset.saturating_add(len)))
+    }
+
+    /// Fetches the blocks of `[offset, offset + len)` still on the grid.
+    pub(crate) async fn fill(&self, offset: u64, len: u64) -> Result<(), NodeError> {
+        match &self.lazy {
+            Some(lazy) => {
+                lazy.fill(&self.file, offset, offset.saturating_add(len))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Fetches every block still on the grid: the staging file becomes the whole file.
+    async fn fill_all(&self) -> Result<(), NodeError> {
+        match &self.lazy {
+            Some(lazy) if !lazy.complete() => lazy.fill(&self.file, 0, lazy.len()).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes `data` at `offset` (after [`fill`](Self::fill) where
+    /// [`needs_fill`](Self::needs_fill) says so).
+    pub(crate) fn write_at(&self, data: &[u8], offset: u64) -> Result<(), NodeError> {
+        if self.needs_fill(offset, data.len() as u64) {
+            return Err(NodeError::Invalid(
+                "write into a block not fetched yet".into(),
+            ));
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(io(&self.data_path))
+    }
+
+    /// Sets the size (a truncation drops the base's bytes past it).
+    pub(crate) fn set_len(&self, size: u64) -> Result<(), NodeError> {
+        if let Some(lazy) = &self.lazy {
+            lazy.truncate(size);
+            let len = lazy.len();
+            let mut state = self.lock();
+            if let Some(base) = &mut state.entry.base {
+                base.len = len;
+            }
+        }
+        self.file.set_len(size).map_err(io(&self.data_path))?;
+        self.update_journal()
     }
 
     /// Marks the file changed: the journal entry is written (durably) the first time, so a
@@ -299,6 +377,7 @@ impl Staged {
             let Some(location) = &begun.entry.location else {
                 return Ok(None);
             };
+            self.fill_all().await?;
             let reader = self.file.try_clone().map_err(io(&self.data_path))?;
             let report = put_file(node, reader, &self.data_path).await?;
             link(node, location, &report.cap, &begun.entry).await?;
@@ -335,6 +414,9 @@ impl Staged {
             return;
         }
         let _ = std::fs::remove_file(&self.data_path);
+        if let Some(lazy) = &self.lazy {
+            lazy.remove_log();
+        }
     }
 }
 
@@ -359,7 +441,11 @@ pub(crate) async fn upload_batch(
             begun.finish(true);
             continue;
         };
-        match staged.contents() {
+        let contents = match staged.fill_all().await {
+            Ok(()) => staged.contents(),
+            Err(e) => Err(e),
+        };
+        match contents {
             Ok(bytes) => {
                 data.push(bytes);
                 taken.push((i, begun, location));
@@ -474,8 +560,8 @@ pub(crate) fn sweep(dir: &Path) -> Vec<PathBuf> {
     };
     let paths: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).collect();
     for p in &paths {
-        let orphan =
-            p.extension().is_some_and(|x| x == "data") && !p.with_extension("json").exists();
+        let orphan = p.extension().is_some_and(|x| x == "data" || x == "fills")
+            && !p.with_extension("json").exists();
         if orphan || p.extension().is_some_and(|x| x == "tmp") {
             let _ = std::fs::remove_file(p);
         }
@@ -515,7 +601,17 @@ pub(crate) async fn recover(node: &Node, dir: &Path, journals: Vec<PathBuf>) -> 
         let mut done = false;
         for attempt in 0..10u32 {
             let result = async {
-                let file = File::open(&data_path).map_err(io(&data_path))?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&data_path)
+                    .map_err(io(&data_path))?;
+                if let Some(base) = &entry.base {
+                    // Blocks never fetched are still on the grid, in the file it started from.
+                    let reader = node.open_file(&base.cap.parse()?).await?;
+                    let lazy = Lazy::new(reader, data_path.with_extension("fills"), base.len);
+                    lazy.fill(&file, 0, base.len).await?;
+                }
                 let report = put_file(node, file, &data_path).await?;
                 link(node, location, &report.cap, &entry).await
             }
@@ -536,8 +632,80 @@ pub(crate) async fn recover(node: &Node, dir: &Path, journals: Vec<PathBuf>) -> 
             info!(data = %data, "uploaded a file staged before the last stop");
             let _ = std::fs::remove_file(&journal);
             let _ = std::fs::remove_file(&data_path);
+            let _ = std::fs::remove_file(data_path.with_extension("fills"));
             linked += 1;
         }
     }
     linked
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use cairn_testkit::{TestGrid, random_bytes};
+
+    async fn read_all(node: &Node, location: &str) -> Vec<u8> {
+        let cap = node.resolve_file(location).await.unwrap();
+        let mut out = Vec::new();
+        node.get(&cap, &mut out).await.unwrap();
+        out
+    }
+
+    /// A file opened for writing over an existing one, changed in one block, then left by a
+    /// crash: the restart fills the blocks never fetched from the file it started from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_after_a_write_into_a_large_file_uploads_it_whole_at_restart() {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let original = random_bytes(3, 5 << 20 | 12_345);
+        let put = node
+            .put(
+                std::io::Cursor::new(original.clone()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let cap: Cap = put.cap.parse().unwrap();
+        let content = Content::File {
+            file: FileRef::new(cap.clone()).unwrap(),
+            meta: Meta::default(),
+        };
+        node.link("/big.bin", content, false).await.unwrap();
+        let location = format!("{}/big.bin", node.share("/", true).await.unwrap());
+        let staging = tempfile::tempdir().unwrap();
+        {
+            let reader = node.open_file(&cap).await.unwrap();
+            let staged = Staged::create(
+                staging.path(),
+                location,
+                Meta::default(),
+                true,
+                Some((reader, cap.to_string())),
+            )
+            .unwrap();
+            // Reads before any write come from the grid.
+            assert_eq!(
+                staged.read_at(3 << 20, 100).await.unwrap(),
+                original[3 << 20..(3 << 20) + 100]
+            );
+            let at = (2 << 20) + 10;
+            assert!(staged.needs_fill(at, 4));
+            staged.fill(at, 4).await.unwrap();
+            staged.write_at(b"NEW!", at).unwrap();
+            staged.mark_dirty(Some(7)).unwrap();
+            assert!(!staged.needs_fill(at, 4));
+            // Dropped here without an upload: what a killed daemon leaves.
+        }
+        let journals = sweep(staging.path());
+        assert_eq!(journals.len(), 1);
+        assert_eq!(recover(&node, staging.path(), journals).await, 1);
+        let mut expected = original;
+        let at = (2 << 20) + 10;
+        expected[at..at + 4].copy_from_slice(b"NEW!");
+        assert!(read_all(&node, "/big.bin").await == expected);
+        assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+        grid.shutdown().await;
+    }
 }

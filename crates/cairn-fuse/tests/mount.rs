@@ -277,13 +277,20 @@ async fn a_small_overwrite_uploads_only_the_chunks_it_touches() {
         let (_, _, first_bytes) = mounts.upload_stats();
         assert!(first_bytes >= size as u64, "first upload sent {first_bytes}");
 
-        let m2 = m.clone();
+        let (m2, d3) = (m.clone(), data.clone());
         blocking(move || {
             let f = OpenOptions::new()
                 .write(true)
                 .open(m2.join("large.bin"))
                 .unwrap();
             f.write_all_at(&[0xAB; 4096], (32 << 20) as u64).unwrap();
+            // Not copied at open: reads mix the staged block with blocks still on the grid.
+            let mut r = fs::File::open(m2.join("large.bin")).unwrap();
+            let mut around = vec![0u8; 4096 + 20];
+            r.read_exact_at(&mut around, (32 << 20) - 10).unwrap();
+            assert_eq!(&around[..10], &d3[(32 << 20) - 10..32 << 20]);
+            assert!(around[10..4106].iter().all(|b| *b == 0xAB));
+            assert_eq!(&around[4106..], &d3[(32 << 20) + 4096..(32 << 20) + 4106]);
             f.sync_all().unwrap();
         })
         .await;
