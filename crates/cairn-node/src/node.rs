@@ -224,6 +224,7 @@ impl Node {
         node.spawn_gossip().await;
         node.spawn_slot_sync().await;
         node.spawn_watch_renewal().await;
+        node.spawn_pin_refresh().await;
         info!(node = %id, grid = %grid.grid.fmt_short(), "node started");
         Ok(node)
     }

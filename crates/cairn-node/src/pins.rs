@@ -4,8 +4,13 @@
 //! cache ([`crate::blocks`]) and keeps them there whatever the cache's budget, and stores every
 //! version of every directory on the way and below, so listing and reading it needs no other
 //! node. A pin is recorded in the node's database and holds across restarts; pinning again
-//! brings it up to date (new files fetched, blocks of files no longer there released).
+//! brings it up to date (new files fetched, blocks of files no longer there released). The
+//! node does that on its own: a while after it starts (which watches the pinned directories
+//! again), and soon after a change of a directory it keeps for a pin is pushed to it.
 //! [`Node::unpin`] releases its blocks to the budget.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_core::cap::Cap;
 use futures_util::StreamExt;
@@ -15,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeError;
 use crate::blocks::{BlockName, Keep};
 use crate::node::Node;
+use crate::slots;
 use crate::tree::Location;
 
 /// Pinned location (as displayed) -> postcard [`PinRecord`].
@@ -22,6 +28,11 @@ const PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("pins");
 
 /// Chunks one pin fetches at once.
 const FETCHES_AT_ONCE: usize = 4;
+/// After a change of a pinned directory, how long to wait for more before bringing pins up to
+/// date.
+const PIN_REFRESH_DELAY: Duration = Duration::from_secs(2);
+/// How long after the node starts its pins are brought up to date (and watched again).
+const FIRST_PIN_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Serialize, Deserialize)]
 struct PinRecord {
@@ -148,6 +159,60 @@ impl Node {
             report.fetched_bytes += fetched?;
         }
         Ok(())
+    }
+
+    /// Keeps pins up to date in the background (see the module docs).
+    pub(crate) async fn spawn_pin_refresh(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let cancel = self.inner.cancel.clone();
+        let mut changes = self.dir_changes();
+        self.inner.tasks.lock().await.spawn(async move {
+            let mut due = Some(tokio::time::Instant::now() + FIRST_PIN_REFRESH);
+            loop {
+                let wake = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let changed = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    () = wake => {
+                        due = None;
+                        let Some(inner) = weak.upgrade() else { return };
+                        Node { inner }.refresh_pins().await;
+                        continue;
+                    }
+                    changed = changes.recv() => changed,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let pinned = match changed {
+                    // Pinned directories are the watched ones this node keeps versions of.
+                    Ok(slot) => slots::holds(inner.meta.db(), &slot).unwrap_or(false),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if pinned && due.is_none() {
+                    due = Some(tokio::time::Instant::now() + PIN_REFRESH_DELAY);
+                }
+            }
+        });
+    }
+
+    /// Pins every pinned location again.
+    async fn refresh_pins(&self) {
+        let Ok(pins) = self.pins().await else { return };
+        for pin in pins {
+            match self.pin(&pin.location).await {
+                Ok(report) if report.fetched_bytes > 0 => {
+                    tracing::info!(location = %pin.location, fetched = report.fetched_bytes, "brought a pin up to date");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(location = %pin.location, error = %e, "could not bring a pin up to date");
+                }
+            }
+        }
     }
 
     /// Unpins `location`: its blocks fall back under the cache's budget.

@@ -141,3 +141,56 @@ async fn a_pinned_tree_lists_and_reads_offline_until_unpinned() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_takes_in_a_file_added_elsewhere_on_its_own() {
+    tokio::time::timeout(LIMIT, async {
+        let mut grid = TestGrid::start(5).await;
+        let (writer, keeper) = (grid.node(0).clone(), grid.node(1).clone());
+        writer.mkdir("/shared", false).await.unwrap();
+        let cap = writer.share("/shared", true).await.unwrap();
+        keeper.attach(&cap, "/album").await.unwrap();
+        let first = random_bytes(51, 300_000);
+        let content = |cap: Cap| Content::File {
+            file: FileRef::new(cap).unwrap(),
+            meta: Meta::default(),
+        };
+        writer
+            .link(
+                "/shared/one.jpg",
+                content(put(&writer, &first).await),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(keeper.pin("/album").await.unwrap().files, 1);
+        // Added on another node: the pin fetches it without being asked.
+        let second = random_bytes(52, 400_000);
+        writer
+            .link(
+                "/shared/two.jpg",
+                content(put(&writer, &second).await),
+                false,
+            )
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while keeper.pins().await.unwrap()[0].files < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the pin did not take in the new file"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop((writer, keeper));
+        for i in [0, 2, 3, 4] {
+            grid.stop(i).await;
+        }
+        let keeper = grid.node(1).clone();
+        let cap = keeper.resolve_file("/album/two.jpg").await.unwrap();
+        assert_eq!(read_all(&keeper, &cap).await.unwrap(), second);
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
