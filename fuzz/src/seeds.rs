@@ -150,6 +150,7 @@ pub fn messages() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         Request::Revocations {
             revocations: vec![grid_key().revoke(NodeId::from_bytes([0x33; 32]), 1_800_000_000)],
         },
+        Request::Space,
     ];
     let mut responses = vec![
         Response::Stored { already: false },
@@ -176,6 +177,10 @@ pub fn messages() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     ] {
         responses.push(Response::Refused(r));
     }
+    responses.push(Response::Space {
+        offered_bytes: 10 << 30,
+        used_bytes: 123_456_789,
+    });
     let join_requests = [
         JoinRequest {
             secret: [0x5e; 32],

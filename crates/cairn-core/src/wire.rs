@@ -219,6 +219,10 @@ pub enum Request {
         #[serde(deserialize_with = "bounded::revocations")]
         revocations: Vec<Revocation>,
     },
+    /// "How much disk do you offer, and how much of it holds shares?" Answered by
+    /// [`Response::Space`], or [`Response::Refused`] with [`Refusal::NotStorage`] by a node
+    /// that stores nothing.
+    Space,
 }
 
 /// One share of a [`Request::PutShares`].
@@ -311,6 +315,7 @@ impl fmt::Debug for Request {
             Request::Revocations { revocations } => {
                 write!(f, "Revocations({})", revocations.len())
             }
+            Request::Space => f.write_str("Space"),
         }
     }
 }
@@ -398,6 +403,13 @@ pub enum Response {
     },
     /// Every revocation the answering node knows.
     Revocations(#[serde(deserialize_with = "bounded::revocations")] Vec<Revocation>),
+    /// The answer to a [`Request::Space`]: the answering node's own store.
+    Space {
+        /// Bytes the node offers to the grid (its store's capacity).
+        offered_bytes: u64,
+        /// Bytes of shares it stores.
+        used_bytes: u64,
+    },
 }
 
 impl fmt::Debug for Response {
@@ -428,6 +440,10 @@ impl fmt::Debug for Response {
             ),
             Response::Watching { ttl_secs } => write!(f, "Watching({ttl_secs} s)"),
             Response::Revocations(r) => write!(f, "Revocations({})", r.len()),
+            Response::Space {
+                offered_bytes,
+                used_bytes,
+            } => write!(f, "Space({used_bytes} of {offered_bytes} B)"),
         }
     }
 }

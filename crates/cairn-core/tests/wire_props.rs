@@ -141,6 +141,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         bytes(3000).prop_map(|version| Request::Changed { version }),
         vec(revocation(), 0..4).prop_map(|revocations| Request::Revocations { revocations }),
+        Just(Request::Space),
     ]
 }
 
@@ -191,6 +192,10 @@ fn response() -> impl Strategy<Value = Response> {
         )
         .prop_map(Response::Shares),
         vec(revocation(), 0..4).prop_map(Response::Revocations),
+        (any::<u64>(), any::<u64>()).prop_map(|(offered_bytes, used_bytes)| Response::Space {
+            offered_bytes,
+            used_bytes,
+        }),
     ]
 }
 
@@ -449,6 +454,29 @@ fn trailing_bytes_and_empty_bodies_are_refused() {
     ));
     assert!(matches!(
         decode::<Request>(&[]),
+        Err(WireError::Malformed(_))
+    ));
+}
+
+/// Enums are closed: a variant index past the last one known is malformed. This is what a node
+/// of an older build does with a request it does not know (`Request::Space`, variant 11, is
+/// the newest): it drops it unanswered, and the asker counts the peer as not answering.
+#[test]
+fn unknown_variants_are_malformed() {
+    assert_eq!(decode::<Request>(&[0x0b]).unwrap(), Request::Space);
+    for body in [&[0x0c][..], &[0x7f], &[0x80, 0x01]] {
+        assert!(
+            matches!(decode::<Request>(body), Err(WireError::Malformed(_))),
+            "{body:02x?}"
+        );
+    }
+    assert!(matches!(
+        decode::<Response>(&[0x0c]),
+        Err(WireError::Malformed(_))
+    ));
+    // A truncated `Space` answer is malformed too, never read as zeros.
+    assert!(matches!(
+        decode::<Response>(&[0x0b, 0x05]),
         Err(WireError::Malformed(_))
     ));
 }
@@ -811,6 +839,21 @@ fn golden_frames() {
             hex_frame(&Response::Revocations(vec![])),
             // length 2; variant 10; none
             "020000000a00",
+        ),
+        (
+            "Request::Space",
+            hex_frame(&Request::Space),
+            // length 1; variant 11
+            "010000000b",
+        ),
+        (
+            "Response::Space { offered_bytes: 1000000, used_bytes: 300 }",
+            hex_frame(&Response::Space {
+                offered_bytes: 1_000_000,
+                used_bytes: 300,
+            }),
+            // length 6; variant 11; 1000000 = c0 84 3d; 300 = ac 02
+            "060000000bc0843dac02",
         ),
         (
             "Response::Refused(BadLease)",

@@ -37,7 +37,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// this is also how long it takes to learn that a peer is down.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed dial, requests to that peer fail at once for this long (unless the peer
-/// connects to us meanwhile), so that a down peer does not stall every request.
+/// connects to us meanwhile, or did while the dial was under way), so that a down peer does not
+/// stall every request.
 const DIAL_BACKOFF: Duration = Duration::from_secs(2);
 /// How many requests one inbound connection may have in progress at once.
 const MAX_STREAMS_PER_CONN: usize = 64;
@@ -116,6 +117,8 @@ struct Shared {
     counters: Mutex<HashMap<NodeId, PeerCounters>>,
     /// Nodes the grid's admins revoked: refused at the handshake, cut off mid-connection.
     revoked: Mutex<HashSet<NodeId>>,
+    /// When each peer last connected to us (completed a handshake as the dialer).
+    up: Mutex<HashMap<NodeId, Instant>>,
 }
 
 /// A node's network endpoint. Clone to share.
@@ -206,6 +209,7 @@ impl Net {
             conns: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
+            up: Mutex::new(HashMap::new()),
         });
         let mut router = Router::builder(endpoint).accept(
             ALPN,
@@ -332,12 +336,14 @@ impl Net {
         }
         if let Some((at, detail)) = &guard.failed
             && at.elapsed() < DIAL_BACKOFF
+            && !self.shared.up_since(&peer, *at)
         {
             return Err(NetError::Connect {
                 peer,
                 detail: format!("{detail} (not retried yet)"),
             });
         }
+        let dialled_at = Instant::now();
         match self.dial(peer, addrs).await {
             Ok(conn) => {
                 guard.conn = Some(conn.clone());
@@ -345,7 +351,11 @@ impl Net {
                 Ok(conn)
             }
             Err(e) => {
-                if matches!(e, NetError::Connect { .. } | NetError::Timeout { .. }) {
+                // A dial begun while the peer was down can still time out after the peer came
+                // back and connected to us; that failure says nothing about the peer now.
+                if matches!(e, NetError::Connect { .. } | NetError::Timeout { .. })
+                    && !self.shared.up_since(&peer, dialled_at)
+                {
                     guard.failed = Some((Instant::now(), e.to_string()));
                 }
                 Err(e)
@@ -513,11 +523,25 @@ impl Shared {
         Ok(())
     }
 
-    /// A peer that just connected to us is up: forget an earlier failed dial.
+    /// A peer that just connected to us is up: forget an earlier failed dial (and one under
+    /// way now, see [`Shared::up_since`]).
     fn peer_is_up(&self, peer: NodeId) {
+        self.up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
         if let Ok(mut slot) = self.slot(peer).try_lock() {
             slot.failed = None;
         }
+    }
+
+    /// Whether `peer` connected to us at or after `since`.
+    fn up_since(&self, peer: &NodeId, since: Instant) -> bool {
+        self.up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+            .is_some_and(|at| *at >= since)
     }
 
     fn count(&self, peer: NodeId, sent: u64, received: u64) {

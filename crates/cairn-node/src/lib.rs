@@ -1,7 +1,8 @@
 //! The Cairn node as a library: the daemon behind `cairn run`.
 //!
 //! - [`Node`]: a running member of a grid: its share store, roster, network endpoint, and the
-//!   put/get/check operations on top ([`Node::put`], [`Node::get`], [`Node::check`]).
+//!   put/get/check operations on top ([`Node::put`], [`Node::get`], [`Node::check`]), and
+//!   the grid's storage space ([`Node::grid_space`]).
 //! - [`setup`]: creating node directories ([`setup::init_grid`], [`setup::join_grid`]).
 //! - [`control`]: the local control API the CLI uses ([`control::ControlClient`]).
 //!
@@ -32,6 +33,7 @@ mod report;
 mod revoke;
 pub mod setup;
 mod slots;
+mod space;
 mod tree;
 mod watch;
 
@@ -47,4 +49,5 @@ pub use pins::PinReport;
 pub use put::{PutOptions, PutReport};
 pub use read::{CACHED_CHUNKS, FileReader};
 pub use report::{CheckReport, ChunkHealth, DirConflicts, PeerStatus, StatusReport, StorageStatus};
+pub use space::{GridSpace, SPACE_CACHE_TTL, SPACE_TIMEOUT};
 pub use tree::{Location, LsEntry, LsReport};

@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     /// What the node has done since it started.
     pub(crate) activity: crate::activity::Activity,
     pub(crate) health: Mutex<HashMap<NodeId, PeerHealth>>,
+    /// The grid's space as last measured (see [`Node::grid_space`]).
+    pub(crate) space: crate::space::SpaceCache,
     net: OnceLock<Net>,
     serve_delay: Mutex<Option<Duration>>,
     pub(crate) cancel: CancellationToken,
@@ -183,6 +185,7 @@ impl Node {
             revoked: RwLock::new(revoked),
             activity: Default::default(),
             health: Mutex::new(HashMap::new()),
+            space: Default::default(),
             net: OnceLock::new(),
             serve_delay: Mutex::new(serve_delay),
             cancel: CancellationToken::new(),
@@ -561,6 +564,7 @@ impl Inner {
                 self.merge_revocations(revocations);
                 Response::Revocations(self.revocations())
             }
+            Request::Space => self.serve_space().await,
         }
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeError;
 use crate::activity::ActivityReport;
 use crate::node::{Node, now_secs};
+use crate::space::GridSpace;
 
 /// A member counts as online when it answered within this long.
 const ONLINE_WINDOW: Duration = Duration::from_secs(35);
@@ -34,6 +35,9 @@ pub struct StatusReport {
     pub encoding: Encoding,
     /// Local storage.
     pub storage: StorageStatus,
+    /// The space of the grid's storage nodes, this one included (see [`Node::grid_space`]).
+    #[serde(default)]
+    pub grid_space: GridSpace,
     /// Every other member known.
     pub peers: Vec<PeerStatus>,
     /// Directories listed on this node that hold conflicts (concurrent writes kept side by
@@ -125,13 +129,16 @@ pub struct ChunkHealth {
 }
 
 impl Node {
-    /// The node's status.
+    /// The node's status. Includes [`Node::grid_space`], so it may take up to about 2 s when
+    /// storage members do not answer.
     pub async fn status(&self) -> Result<StatusReport, NodeError> {
         let inner = &self.inner;
         let store = inner.store.clone();
         let usage = tokio::task::spawn_blocking(move || store.usage())
             .await
             .map_err(|e| NodeError::Control(e.to_string()))??;
+        // First, so that the peers' contact times below include these answers.
+        let grid_space = self.grid_space().await;
         let counters = self.net().counters();
         let now = now_secs();
         let peers = inner
@@ -166,6 +173,7 @@ impl Node {
                 offered_bytes: usage.capacity_bytes,
                 shares: usage.shares,
             },
+            grid_space,
             peers,
             conflicts: self.conflicts_seen(),
             revoked: self.revoked(),

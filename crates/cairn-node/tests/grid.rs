@@ -309,7 +309,7 @@ impl ShareService for Liar {
                 }
                 Request::Roster { .. } => Response::Roster(vec![]),
                 Request::PutVersion { .. } => Response::Stored { already: false },
-                Request::PutShares { .. } | Request::GetShares { .. } => {
+                Request::PutShares { .. } | Request::GetShares { .. } | Request::Space => {
                     Response::Refused(Refusal::Internal)
                 }
                 Request::Watch { .. } => Response::Watching { ttl_secs: 1 },

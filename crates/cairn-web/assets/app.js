@@ -299,6 +299,14 @@ function gridHealth(s, online) {
   return offline + " offline: files with more than " + spare + " shares on offline members are unreadable until they return";
 }
 
+// The grid's storage space, added up over the storage nodes that answered.
+function gridSpace(g) {
+  if (!g) return "unknown";
+  const nodes = g.nodes + " storage node" + (g.nodes === 1 ? "" : "s");
+  const missing = g.unknown ? " (" + g.unknown + " more not answering)" : "";
+  return size(g.used_bytes) + " used of " + size(g.offered_bytes) + ", " + size(g.free_bytes) + " free, on " + nodes + missing;
+}
+
 async function status() {
   clearError();
   const s = await api("GET", "/api/status").catch(() => null);
@@ -308,7 +316,7 @@ async function status() {
   dl($("st-storage"), [["Used", size(used)], ["Offered", size(offered)], ["Shares", s.storage.shares]]);
   $("st-meter").style.width = (offered ? Math.min(100, (100 * used) / offered) : 0) + "%";
   const online = s.peers.filter((p) => p.online).length;
-  dl($("st-grid"), [["Grid", s.grid.slice(0, 16) + "…"], ["Encoding", s.encoding.k + " of " + s.encoding.n + " (happy " + s.encoding.happy + ")"], ["Peers online", online + " of " + s.peers.length], ["Health", gridHealth(s, online)]]);
+  dl($("st-grid"), [["Grid", s.grid.slice(0, 16) + "…"], ["Encoding", s.encoding.k + " of " + s.encoding.n + " (happy " + s.encoding.happy + ")"], ["Peers online", online + " of " + s.peers.length], ["Health", gridHealth(s, online)], ["Space", gridSpace(s.grid_space)]]);
   const a = s.activity;
   dl($("st-activity"), [["Stored", a.files_put + " files, " + size(a.bytes_put)], ["Read", a.files_got + " files, " + size(a.bytes_got)], ["Shares served", a.shares_served]]);
   const tbody = $("peers").querySelector("tbody");

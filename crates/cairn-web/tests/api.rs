@@ -228,6 +228,14 @@ async fn api_needs_a_token_or_a_session_and_csrf() {
         assert_eq!(body["node"], json!(grid.node(0).id()));
         assert_eq!(body["peers"].as_array().expect("peers").len(), 4);
         assert_eq!(body["encoding"]["k"], json!(3));
+        // The grid's space: the 5 storage nodes of 10 GiB each.
+        assert_eq!(body["grid_space"]["nodes"], json!(5), "{body:#}");
+        assert_eq!(body["grid_space"]["unknown"], json!(0), "{body:#}");
+        assert_eq!(
+            body["grid_space"]["offered_bytes"],
+            json!(5 * (10u64 << 30)),
+            "{body:#}"
+        );
         let (_, session) = json_of(web.get("/api/session").await).await;
         assert_eq!(session["kind"], "token");
 

@@ -306,6 +306,7 @@ async fn run() {
         grid_card.contains("all members online") || grid_card.contains("offline:"),
         "{grid_card}"
     );
+    assert!(grid_card.contains("storage nodes"), "{grid_card}");
     let activity = owner
         .find(Locator::Css("#st-activity"))
         .await

@@ -195,7 +195,7 @@ enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Show the node, the grid, its peers and storage.
+    /// Show the node, the grid, its peers, and the storage of this node and of the whole grid.
     Status {
         #[command(flatten)]
         dir: DirArg,
@@ -935,6 +935,20 @@ fn print_status(s: &StatusReport) -> Result<()> {
         size::human(s.storage.used_bytes),
         size::human(s.storage.offered_bytes),
         s.storage.shares
+    );
+    let g = &s.grid_space;
+    outln!(
+        "  grid    {} used of {} offered, {} free, on {} storage node{}{}",
+        size::human(g.used_bytes),
+        size::human(g.offered_bytes),
+        size::human(g.free_bytes),
+        g.nodes,
+        if g.nodes == 1 { "" } else { "s" },
+        if g.unknown > 0 {
+            format!(" ({} more not answering, not counted)", g.unknown)
+        } else {
+            String::new()
+        }
     );
     outln!("peers     {}", s.peers.len());
     let now = std::time::SystemTime::now()

@@ -167,6 +167,26 @@ fn put_needs_happy_distinct_nodes() {
         "need at least 4",
     ]);
 
+    // `status` counts the 3 running storage nodes in the grid's space and waits at most
+    // about 2 s for the 2 stopped ones.
+    let started = Instant::now();
+    let s = status_json(g.dir(1)).unwrap();
+    eprintln!("status with 2 of 5 down took {:.2?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8), "{s:#}");
+    assert_eq!(s["grid_space"]["nodes"], 3, "{s:#}");
+    assert_eq!(s["grid_space"]["unknown"], 2, "{s:#}");
+    let r = cairn([
+        OsStr::new("status"),
+        OsStr::new("--dir"),
+        g.dir(1).as_os_str(),
+    ])
+    .success();
+    assert!(
+        r.stdout
+            .contains(", on 3 storage nodes (2 more not answering, not counted)"),
+        "{r}"
+    );
+
     g.restart(3);
     g.restart(4);
     let r = check_json(g.dir(1), &cap).success();

@@ -7,7 +7,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -83,12 +83,40 @@ fn manual_grid_put_get_status_check() {
     );
     let grid_id = status["grid"].as_str().unwrap().to_string();
     // Every member is in the same grid with the grid's encoding; only A is admin.
-    for d in &g.dirs[1..] {
+    let (mut offered, mut used) = (0, 0);
+    for (i, d) in g.dirs.iter().enumerate() {
         let s = status_json(d).unwrap();
+        offered += s["storage"]["offered_bytes"].as_u64().unwrap();
+        used += s["storage"]["used_bytes"].as_u64().unwrap();
+        if i == 0 {
+            continue;
+        }
         assert_eq!(s["grid"].as_str().unwrap(), grid_id, "{s:#}");
         assert_eq!(s["encoding"], status["encoding"], "{s:#}");
         assert_eq!(s["admin"], false, "{s:#}");
         assert_eq!(s["peers"].as_array().unwrap().len(), 4, "{s:#}");
+    }
+    // The grid's space is the sum of every node's own (nothing is stored meanwhile), once A
+    // measures it again: a measurement is reused for up to 5 s.
+    let want = serde_json::json!({
+        "offered_bytes": offered,
+        "used_bytes": used,
+        "free_bytes": offered - used,
+        "nodes": 5,
+        "unknown": 0,
+    });
+    let waited = Instant::now();
+    loop {
+        let s = status_json(g.dir(0)).unwrap();
+        if s["grid_space"] == want {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(15),
+            "grid space {:#} is not {want:#}",
+            s["grid_space"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // check --json via A: every chunk found 5, need 3, total 5, on 5 distinct nodes.
@@ -128,6 +156,12 @@ fn manual_grid_put_get_status_check() {
     let r = cairn(["status".as_ref(), "--dir".as_ref(), g.dir(0).as_os_str()]).success();
     assert!(r.stdout.contains("3-of-5, happy 4"), "{r}");
     assert_eq!(r.stdout.matches(" online ").count(), 4, "{r}");
+    let grid_line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("  grid    "))
+        .unwrap_or_else(|| panic!("no grid space line: {r}"));
+    assert!(grid_line.ends_with(", on 5 storage nodes"), "{r}");
 }
 
 /// `init -k 2 -n 4 --happy 3` is what `status --json` reports; a node that joins takes the
