@@ -1160,9 +1160,15 @@ impl Shared {
         Ok(fh)
     }
 
-    async fn statfs(&self) -> Result<(u64, u64), NodeError> {
-        let status = limited(self.node.status()).await?;
-        Ok((status.storage.offered_bytes, status.storage.used_bytes))
+    /// The grid's space in bytes of files, total and free: the storage nodes' raw share bytes
+    /// times k/n (a file takes n/k times its size in shares).
+    async fn statfs(&self) -> (u64, u64) {
+        let space = self.node.grid_space().await;
+        let encoding = self.node.encoding();
+        let files = |raw: u64| {
+            (u128::from(raw) * u128::from(encoding.k) / u128::from(encoding.n.max(1))) as u64
+        };
+        (files(space.offered_bytes), files(space.free_bytes))
     }
 
     /// A change of `slot` was pushed from the grid: drop the cached listing and tell the
@@ -1643,24 +1649,18 @@ impl Filesystem for CairnFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.run(|s| async move {
-            match s.statfs().await {
-                Ok((offered, used)) => {
-                    let bsize = 4096u64;
-                    let blocks = offered / bsize;
-                    let free = offered.saturating_sub(used) / bsize;
-                    reply.statfs(
-                        blocks,
-                        free,
-                        free,
-                        1 << 32,
-                        1 << 32,
-                        bsize as u32,
-                        cairn_dir::MAX_NAME_LEN as u32,
-                        bsize as u32,
-                    );
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
+            let (total, free) = s.statfs().await;
+            let bsize = 4096u64;
+            reply.statfs(
+                total / bsize,
+                free / bsize,
+                free / bsize,
+                1 << 32,
+                1 << 32,
+                bsize as u32,
+                cairn_dir::MAX_NAME_LEN as u32,
+                bsize as u32,
+            );
         });
     }
 

@@ -80,6 +80,34 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
         let base = tempfile::tempdir().unwrap();
         let (mounts, m) = mount(&node, base.path(), "m", None).await;
 
+        // statfs shows the grid's space in bytes of files (raw share bytes times k/n).
+        let space = node.grid_space().await;
+        assert_eq!(space.nodes, 5);
+        let encoding = node.encoding();
+        let files = |raw: u64| raw * u64::from(encoding.k) / u64::from(encoding.n);
+        let m2 = m.clone();
+        let df = blocking(move || {
+            let out = std::process::Command::new("df")
+                .args(["-B1", "--output=size,avail"])
+                .arg(&m2)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .await;
+        let figures: Vec<u64> = df
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(figures[0], files(space.offered_bytes) / 4096 * 4096, "{df}");
+        assert!(
+            figures[1].abs_diff(files(space.free_bytes)) < 1 << 20,
+            "{df}"
+        );
+
         // mkdir, create/write/read back: small and multi-chunk.
         let small = b"hello, grid\n".to_vec();
         let big = random_bytes(7, 20 << 20);

@@ -237,6 +237,11 @@ impl Node {
         self.inner.id
     }
 
+    /// The grid's encoding (k, n, happy).
+    pub fn encoding(&self) -> cairn_core::Encoding {
+        self.inner.grid.encoding
+    }
+
     /// The node's directory.
     pub fn dir(&self) -> &NodeDir {
         &self.inner.dir
