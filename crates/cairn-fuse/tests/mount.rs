@@ -313,7 +313,7 @@ async fn a_small_overwrite_uploads_only_the_chunks_it_touches() {
                 .unwrap();
             f.write_all_at(&[0xAB; 4096], (32 << 20) as u64).unwrap();
             // Not copied at open: reads mix the staged block with blocks still on the grid.
-            let mut r = fs::File::open(m2.join("large.bin")).unwrap();
+            let r = fs::File::open(m2.join("large.bin")).unwrap();
             let mut around = vec![0u8; 4096 + 20];
             r.read_exact_at(&mut around, (32 << 20) - 10).unwrap();
             assert_eq!(&around[..10], &d3[(32 << 20) - 10..32 << 20]);
