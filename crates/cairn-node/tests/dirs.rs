@@ -35,6 +35,17 @@ async fn read(node: &Node, path: &str) -> Result<Vec<u8>, NodeError> {
     Ok(out)
 }
 
+/// Makes `/shared` on `writer` and returns its writecap.
+async fn shared_dir(writer: &Node) -> DirWriteCap {
+    writer.mkdir("/shared", false).await.unwrap();
+    writer
+        .share("/shared", true)
+        .await
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn names(report: &LsReport) -> Vec<&str> {
     report.entries.iter().map(|e| e.name.as_str()).collect()
 }
@@ -572,13 +583,7 @@ async fn a_watcher_hears_of_a_change_within_a_second() {
     tokio::time::timeout(LIMIT, async {
         let grid = TestGrid::start(5).await;
         let writer = grid.node(0);
-        writer.mkdir("/shared", false).await.unwrap();
-        let cap: DirWriteCap = writer
-            .share("/shared", true)
-            .await
-            .unwrap()
-            .parse()
-            .unwrap();
+        let cap = shared_dir(writer).await;
         let slot = cap.slot();
         // One watcher that holds the directory's versions, one that does not.
         let holders = writer.slot_holders(&slot);
@@ -627,13 +632,7 @@ async fn a_watched_directory_lists_without_asking_its_holders() {
     tokio::time::timeout(LIMIT, async {
         let grid = TestGrid::start(6).await;
         let writer = grid.node(0);
-        writer.mkdir("/shared", false).await.unwrap();
-        let cap: DirWriteCap = writer
-            .share("/shared", true)
-            .await
-            .unwrap()
-            .parse()
-            .unwrap();
+        let cap = shared_dir(writer).await;
         let text = Cap::DirRead(cap.read_cap()).to_string();
         let holders = writer.slot_holders(&cap.slot());
         let mut readers = (1..6)
