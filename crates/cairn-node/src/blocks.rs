@@ -34,6 +34,10 @@ use crate::node::Inner;
 
 /// Associated data of every sealed block.
 const BLOCK_AAD: &[u8] = b"cairn-block-v1";
+/// Blocks of at least this many bytes are read with direct I/O; smaller ones (manifests, small
+/// files) through the page cache, where a second read finds them (a `git status` opens every
+/// file of a tree).
+const DIRECT_MIN: u64 = 256 * 1024;
 /// Bytes of the node-local cache key.
 const KEY_LEN: usize = 32;
 
@@ -162,14 +166,16 @@ impl BlockCache {
     /// The block at `root`, if held and intact; made most recently used.
     pub(crate) fn get(&self, root: &ShareRoot) -> Option<Bytes> {
         let name = self.name(root);
-        {
+        let direct = {
             let mut state = self.state();
             state.tick += 1;
             let tick = state.tick;
-            state.entries.get_mut(&name)?.used = tick;
-        }
+            let entry = state.entries.get_mut(&name)?;
+            entry.used = tick;
+            entry.len >= DIRECT_MIN
+        };
         let path = self.path(&name);
-        let opened = read_aligned(&path).ok().and_then(|(buf, at, len)| {
+        let opened = read_block(&path, direct).ok().and_then(|(buf, at, len)| {
             let mut buf = buf;
             let plain =
                 open_in_place_with(&self.block_key(root), BLOCK_AAD, &mut buf[at..at + len])
@@ -391,16 +397,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NodeError::Control(e.to_string()))?
 }
 
-/// Reads a whole file into a buffer: `(buffer, start, length)`. Direct I/O (past the page
-/// cache, so many reads at once go at the disk's speed and the cache's files do not take
-/// memory twice) where the file system allows it, else a plain read.
-fn read_aligned(path: &Path) -> std::io::Result<(Vec<u8>, usize, usize)> {
+/// Reads a whole file into a buffer: `(buffer, start, length)`. With `direct`, direct I/O
+/// (past the page cache, so many reads at once go at the disk's speed and the cache's files do
+/// not take memory twice) where the file system allows it; else a plain read.
+fn read_block(path: &Path, direct: bool) -> std::io::Result<(Vec<u8>, usize, usize)> {
     use std::os::unix::fs::FileExt;
     const ALIGN: usize = 4096;
-    if let Ok(file) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
+    if direct
+        && let Ok(file) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
     {
         let len = file.metadata()?.len() as usize;
         let mut buf = vec![0u8; len.next_multiple_of(ALIGN) + ALIGN];
