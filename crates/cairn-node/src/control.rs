@@ -6,17 +6,26 @@
 //! [`ControlRequest`]; `put` follows it with data frames and an end frame; the node answers
 //! with a JSON [`ControlReply`], which for `get` is preceded by the file's data frames.
 //! A put whose data stops without an end frame is abandoned: nothing half-read is stored
-//! under a cap.
+//! under a cap. A put of a local file can instead pass the open file itself (`fd: true`): one
+//! byte `F` carrying the descriptor (`SCM_RIGHTS`) follows the request, and the node reads the
+//! file with no copy through the socket; the client hanging up abandons that put too.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut, Seek};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_core::cap::Cap;
 use cairn_dir::{Content, FileRef, Meta};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
@@ -31,6 +40,10 @@ use crate::put::{PutOptions, PutReport};
 const TAG_JSON: u8 = b'J';
 const TAG_DATA: u8 = b'D';
 const TAG_END: u8 = b'E';
+/// The one byte that carries a passed file descriptor.
+const TAG_FD: u8 = b'F';
+/// How often a client putting a passed file reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// The largest control frame.
 const MAX_CONTROL_FRAME: usize = 4 * 1024 * 1024;
 /// Bytes per data frame.
@@ -59,6 +72,10 @@ pub enum ControlRequest {
         /// The local file's mode and mtime.
         #[serde(default)]
         meta: FileMeta,
+        /// The data is not streamed: the client passes the open file right after this request
+        /// (see the module docs), and the node reads it to its end.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fd: bool,
     },
     /// Send the file named by the cap or path.
     Get {
@@ -413,8 +430,13 @@ async fn handle(
             path,
             name,
             meta,
+            fd,
         } => {
-            let put = handle_put(&node, &mut stream, private).await;
+            let put = if fd {
+                handle_put_fd(&node, &stream, private).await
+            } else {
+                handle_put(&node, &mut stream, private).await
+            };
             match path {
                 Some(path) => link_put(&node, put, &path, name.as_deref(), meta).await,
                 None => reply(put),
@@ -644,6 +666,116 @@ async fn handle_put(
         warn!(error = %e, "put failed");
     }
     result
+}
+
+/// A put of a file the client passed: the node reads it itself. The client hanging up before
+/// the answer abandons the put.
+async fn handle_put_fd(
+    node: &Node,
+    stream: &UnixStream,
+    private: bool,
+) -> Result<PutReport, NodeError> {
+    let fd = recv_fd(stream)
+        .await
+        .map_err(|e| NodeError::Control(format!("cannot take the file to put: {e}")))?;
+    let file = tokio::fs::File::from_std(std::fs::File::from(fd));
+    let put = node.put(
+        file,
+        PutOptions {
+            private,
+            ..Default::default()
+        },
+    );
+    let result = tokio::select! {
+        result = put => result,
+        () = client_gone(stream) => Err(NodeError::Aborted(
+            "the client went away before the put ended".into(),
+        )),
+    };
+    if let Err(e) = &result {
+        warn!(error = %e, "put failed");
+    }
+    result
+}
+
+/// Returns once the client has hung up (or its socket failed); data it sends meanwhile is
+/// dropped.
+async fn client_gone(stream: &UnixStream) {
+    let mut sink = [0u8; 64];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Passes `file` to the other end of `stream`: one byte [`TAG_FD`] carrying it (`SCM_RIGHTS`).
+async fn send_fd(stream: &UnixStream, file: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [file];
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(io::Error::other("no room to pass a file descriptor"));
+            }
+            rustix::net::sendmsg(
+                stream,
+                &[IoSlice::new(&[TAG_FD])],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Takes the file descriptor the client passes with [`send_fd`].
+async fn recv_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
+    loop {
+        stream.readable().await?;
+        let got = stream.try_io(Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let msg = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(&mut byte)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )?;
+            let fd = control.drain().find_map(|message| match message {
+                RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+                _ => None,
+            });
+            Ok((msg.bytes, byte[0], fd))
+        });
+        return match got {
+            Ok((1, TAG_FD, Some(fd))) => Ok(fd),
+            Ok((0, _, _)) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client went away before passing its file",
+            )),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "expected a file descriptor after the request",
+            )),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => Err(e),
+        };
+    }
 }
 
 fn many_bounds(count: usize, bytes: u64) -> Result<(), NodeError> {
@@ -881,6 +1013,40 @@ impl ControlClient {
             }
             sent += n as u64;
             progress(sent);
+        }
+    }
+
+    /// Puts the local file `file` by passing it to the node, which reads it itself: no copy
+    /// goes through the socket. `request` is a [`ControlRequest::Put`] (its `fd` is set
+    /// here); `progress` is called with how far the node has read, every 100 ms.
+    pub async fn put_file(
+        mut self,
+        mut request: ControlRequest,
+        file: std::fs::File,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Value, NodeError> {
+        if let ControlRequest::Put { fd, .. } = &mut request {
+            *fd = true;
+        }
+        write_json(&mut self.stream, &request)
+            .await
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        send_fd(&self.stream, file.as_fd())
+            .await
+            .map_err(|e| NodeError::Control(format!("cannot pass the file to the node: {e}")))?;
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        let reply = self.read_reply();
+        tokio::pin!(reply);
+        loop {
+            tokio::select! {
+                answer = &mut reply => return answer,
+                _ = tick.tick() => {
+                    // The node reads through the same open file, so its offset is the progress.
+                    if let Ok(at) = (&file).stream_position() {
+                        progress(at);
+                    }
+                }
+            }
         }
     }
 

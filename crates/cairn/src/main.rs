@@ -827,6 +827,7 @@ async fn put_file(
             path,
             name,
             meta: FileMeta::default(),
+            fd: false,
         };
         let bar = progress_bar(None, show);
         let v = client
@@ -835,19 +836,25 @@ async fn put_file(
         bar.finish_and_clear();
         v?
     } else {
-        let f = tokio::fs::File::open(file)
-            .await
-            .with_context(|| format!("cannot open {}", file.display()))?;
-        let metadata = f.metadata().await.ok();
+        let f =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let metadata = f.metadata().ok();
+        if metadata.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+            bail!(
+                "cannot put {}: it is a directory (use cairn cp -r)",
+                file.display()
+            );
+        }
         let request = ControlRequest::Put {
             private,
             path,
             name,
             meta: metadata.as_ref().map(tree::file_meta).unwrap_or_default(),
+            fd: true,
         };
         let len = metadata.map(|m| m.len());
         let bar = progress_bar(len, show);
-        let v = client.put(&request, f, |n| bar.set_position(n)).await;
+        let v = client.put_file(request, f, |n| bar.set_position(n)).await;
         bar.finish_and_clear();
         v?
     };

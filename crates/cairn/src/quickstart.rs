@@ -187,6 +187,7 @@ async fn try_grid(dirs: &[NodeDir]) -> Result<String> {
                 path: None,
                 name: None,
                 meta: Default::default(),
+                fd: false,
             },
             &sample[..],
             |_| {},

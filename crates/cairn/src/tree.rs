@@ -241,18 +241,18 @@ fn scan(root: &Path) -> Result<LocalTree> {
 }
 
 async fn put_one(dir: NodeDir, path: PathBuf) -> Result<PutReport> {
-    let file = tokio::fs::File::open(&path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let client = ControlClient::connect(&dir).await?;
     let request = ControlRequest::Put {
         private: false,
         path: None,
         name: None,
         meta: FileMeta::default(),
+        fd: true,
     };
     let value = client
-        .put(&request, file, |_| {})
+        .put_file(request, file, |_| {})
         .await
         .with_context(|| format!("cannot put {}", path.display()))?;
     Ok(serde_json::from_value(value)?)

@@ -358,9 +358,7 @@ fn file_path_errors() {
     assert_eq!(r.stdout.as_bytes(), text);
 }
 
-/// `cairn put DIRECTORY` should fail at once ("is a directory"). Today the client stops
-/// sending when the read fails but keeps the connection open waiting for the node's answer,
-/// while the node waits for more data: both wait forever.
+/// `cairn put DIRECTORY` fails at once ("is a directory"), it does not wait on the node.
 #[test]
 fn put_of_a_directory_fails_promptly() {
     let env = Env::new();
@@ -377,6 +375,75 @@ fn put_of_a_directory_fails_promptly() {
         Duration::from_secs(10),
     )
     .failure(&["directory"]);
+}
+
+/// `cairn put` passes the open file to its node, which reads it to its end: a named pipe works
+/// like a file, and the bytes come back the same.
+#[test]
+fn put_of_a_named_pipe_reads_it_to_the_end() {
+    let env = Env::new();
+    let (a, _node) = single_node(&env);
+    let fifo = env.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let data = random_bytes(3_000_000);
+    let writer = {
+        let (fifo, data) = (fifo.clone(), data.clone());
+        std::thread::spawn(move || std::fs::write(fifo, data).unwrap())
+    };
+    let cap = put(&a, &fifo);
+    writer.join().unwrap();
+    let out = env.out("from-pipe");
+    get(&a, &cap, &out).success();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+/// A `cairn put` killed while its node reads the passed file: the node abandons that put
+/// and goes on serving (the next put and get work).
+#[test]
+fn a_put_whose_client_dies_is_abandoned() {
+    let env = Env::new();
+    let (a, node) = single_node(&env);
+    let fifo = env.join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let mut client = std::process::Command::new(exe())
+        .args([
+            OsStr::new("put"),
+            fifo.as_os_str(),
+            OsStr::new("--dir"),
+            a.as_os_str(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Hold the pipe open with some data in it, so the node is mid-read when the client dies.
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut pipe, &random_bytes(100_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    drop(pipe);
+
+    let data = random_bytes(200_000);
+    let file = env.file("after", &data);
+    let cap = put(&a, &file);
+    let out = env.out("after");
+    get(&a, &cap, &out).success();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let log = node.log_text();
+    assert!(
+        log.contains("the client went away before the put ended"),
+        "the node did not abandon the put: {log}"
+    );
 }
 
 /// Output that cannot be written (a full disk, a closed pipe as in `cairn status | head -1`)
