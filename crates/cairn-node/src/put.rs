@@ -42,8 +42,11 @@ use crate::node::{Inner, Member, Node};
 const CHUNKS_QUEUED: usize = 2;
 /// Chunks being sealed at once (CPU bound: about the number of cores).
 const SEALS_IN_FLIGHT: usize = 3;
-/// Chunks whose shares are being uploaded at once.
-const UPLOADS_IN_FLIGHT: usize = 4;
+/// Consecutive chunks placed together: each holder gets one dedup query and one batched put
+/// for the group's shares, instead of one of each per chunk.
+const CHUNKS_PER_GROUP: usize = 4;
+/// Groups of chunks being uploaded at once.
+const GROUPS_IN_FLIGHT: usize = 2;
 /// The largest share a manifest may have (keeps every frame under the wire limit).
 const MAX_MANIFEST_SHARE: usize = MAX_FRAME - 64 * 1024;
 
@@ -196,34 +199,45 @@ impl Node {
             .buffered(SEALS_IN_FLIGHT);
         let stats = Arc::new(PutStats::default());
         let uploaded = sealed
-            .map(|sealed| {
+            .chunks(CHUNKS_PER_GROUP)
+            .map(|group| {
                 let inner = inner.clone();
                 let stats = stats.clone();
                 async move {
-                    let sealed = sealed?;
-                    let header = sealed.header.encode();
-                    inner
-                        .place_shares(sealed.root, header, sealed.shares, &stats)
-                        .await?;
-                    Ok::<_, NodeError>((
-                        ChunkRef {
+                    let mut refs = Vec::with_capacity(group.len());
+                    let mut blobs = Vec::with_capacity(group.len());
+                    for sealed in group {
+                        let sealed = sealed?;
+                        refs.push((
+                            ChunkRef {
+                                root: sealed.root,
+                                plain_len: sealed.plain_len,
+                            },
+                            sealed.key,
+                        ));
+                        blobs.push(BatchBlob {
+                            file: 0,
                             root: sealed.root,
-                            plain_len: sealed.plain_len,
-                        },
-                        sealed.key,
-                    ))
+                            header: sealed.header.encode(),
+                            shares: sealed.shares,
+                        });
+                    }
+                    let placed = inner.place_many(blobs, std::slice::from_ref(&*stats)).await;
+                    placed.into_iter().try_for_each(|p| p)?;
+                    Ok::<_, NodeError>(refs)
                 }
             })
-            .buffered(UPLOADS_IN_FLIGHT);
+            .buffered(GROUPS_IN_FLIGHT);
         futures_util::pin_mut!(uploaded);
         let mut builder = ManifestBuilder::new();
         let mut size = 0u64;
         let mut chunks = 0u64;
-        while let Some(item) = uploaded.next().await {
-            let (chunk_ref, key) = item?;
-            size += u64::from(chunk_ref.plain_len);
-            chunks += 1;
-            builder.push(chunk_ref, &key);
+        while let Some(group) = uploaded.next().await {
+            for (chunk_ref, key) in group? {
+                size += u64::from(chunk_ref.plain_len);
+                chunks += 1;
+                builder.push(chunk_ref, &key);
+            }
         }
         chunker
             .await
@@ -665,7 +679,7 @@ impl Inner {
     /// goes the single-share way. Returns, per file, whether all its blobs are placed.
     async fn place_many(
         self: &Arc<Self>,
-        blobs: Vec<BatchBlob>,
+        mut blobs: Vec<BatchBlob>,
         stats: &[PutStats],
     ) -> Vec<Result<(), NodeError>> {
         let mut results: Vec<Result<(), NodeError>> = stats.iter().map(|_| Ok(())).collect();
@@ -755,27 +769,37 @@ impl Inner {
             }
         }
         let lease = self.lease();
-        let answers = futures_util::future::join_all(sends.into_iter().map(|(id, batch)| {
-            let member = members[&id].clone();
-            let request = Request::PutShares {
-                lease,
-                shares: batch
+        // The shares' bytes move into the requests and come back with the answers.
+        let requests: Vec<_> = sends
+            .into_iter()
+            .map(|(id, batch)| {
+                let shares = batch
                     .iter()
                     .map(|&(b, i)| ShareItem {
                         root: blobs[b].root,
                         index: i as u8,
                         header: blobs[b].header.clone(),
-                        data: blobs[b].shares[i].clone(),
+                        data: std::mem::take(&mut blobs[b].shares[i]),
                     })
-                    .collect(),
-            };
-            async move {
-                let answer = self.request(&member, &request).await;
-                (id, batch, answer)
+                    .collect();
+                (id, batch, Request::PutShares { lease, shares })
+            })
+            .collect();
+        let answers =
+            futures_util::future::join_all(requests.into_iter().map(|(id, batch, request)| {
+                let member = members[&id].clone();
+                async move {
+                    let answer = self.request(&member, &request).await;
+                    (id, batch, request, answer)
+                }
+            }))
+            .await;
+        for (id, batch, request, answer) in answers {
+            if let Request::PutShares { shares, .. } = request {
+                for (&(b, i), item) in batch.iter().zip(shares) {
+                    blobs[b].shares[i] = item.data;
+                }
             }
-        }))
-        .await;
-        for (id, batch, answer) in answers {
             match answer {
                 Ok(Response::StoredMany(list)) if list.len() == batch.len() => {
                     for ((b, i), answer) in batch.into_iter().zip(list) {
