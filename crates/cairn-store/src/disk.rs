@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! <dir>/store.redb                       redb: tables below
-//! <dir>/shares/<hh>/<root hex>.<index>   shares larger than INLINE_MAX, one file each
-//! <dir>/packs/<id>.pack                  small shares of one put_many batch, with their headers
+//! <dir>/shares/<hh>/<root hex>.<index>   shares larger than INLINE_MAX put alone, one file each
+//! <dir>/packs/<id>.pack                  shares of one put_many batch, with their headers
 //! ```
 //!
 //! redb tables: `shares` (`root || index` -> versioned record: length, location, leases),
@@ -22,7 +22,9 @@
 //! [`ShareStore::put_many`] batch (at least [`PACK_MIN`] of them) go to one pack file instead,
 //! each as its header followed by its bytes: redb's pages hold a 1.4 KiB value at about 60%
 //! and copy-on-write leaves more free pages behind, while a pack costs one file and one fsync
-//! for the batch and wastes nothing. A packed share keeps its own header (its record says
+//! for the batch and wastes nothing. So do the large shares of a batch that has at least
+//! [`PACK_MIN_LARGE`] of them (a large file's put sends each holder the shares of several
+//! consecutive chunks at once): one file, one inode and two fsyncs instead of one each. A packed share keeps its own header (its record says
 //! where) and does not use the `headers` table. A pack is deleted with its last share; the
 //! space of shares removed before that stays in use until then.
 //!
@@ -86,6 +88,9 @@ const FORMAT_UPGRADED: u64 = 1;
 
 /// A `put_many` batch with at least this many new small shares writes them to one pack file.
 pub const PACK_MIN: usize = 4;
+/// A `put_many` batch with at least this many new large shares (over [`INLINE_MAX`]) writes
+/// them to one pack file.
+pub const PACK_MIN_LARGE: usize = 2;
 
 /// `root || index`.
 type ShareKey = [u8; 33];
@@ -584,14 +589,20 @@ impl DiskStore {
             .iter()
             .filter(|(i, _, _)| items[*i].data.len() <= INLINE_MAX)
             .count();
-        let pack = (small >= PACK_MIN).then(|| self.next_pack.fetch_add(1, Ordering::Relaxed));
+        let (pack_small, pack_large) = (small >= PACK_MIN, new.len() - small >= PACK_MIN_LARGE);
+        let pack =
+            (pack_small || pack_large).then(|| self.next_pack.fetch_add(1, Ordering::Relaxed));
         // The pack's bytes, and its shares: item, key, offset, needed.
         let mut pack_bytes: Vec<u8> = Vec::new();
         let mut packed: Vec<(usize, ShareKey, u64, u64)> = Vec::new();
         for (i, key, has_header) in new {
             let item = &items[i];
             let len = item.data.len() as u64;
-            let packs = pack.is_some() && item.data.len() <= INLINE_MAX;
+            let packs = if item.data.len() <= INLINE_MAX {
+                pack_small
+            } else {
+                pack_large
+            };
             let header_cost = if has_header && !packs {
                 0
             } else {
@@ -1092,19 +1103,9 @@ impl ShareStore for DiskStore {
         {
             drop(txn);
             let path = self.packs_dir.join(files::pack_file_name(pack));
-            let header_len = header_len as usize;
-            let total = header_len + rec.len as usize;
-            return match files::read_pack(&path, offset, total) {
-                Ok(mut bytes) => {
-                    let data = bytes
-                        [header_len + range.start as usize..header_len + range.end as usize]
-                        .to_vec();
-                    bytes.truncate(header_len);
-                    Ok(Some(StoredShare {
-                        header: bytes,
-                        data,
-                    }))
-                }
+            let share_end = offset + u64::from(header_len) + rec.len;
+            return match files::read_pack(&path, offset, header_len as usize, range, share_end) {
+                Ok((header, data)) => Ok(Some(StoredShare { header, data })),
                 Err(ReadFailure::Missing) => {
                     // A remove may have finished since our snapshot.
                     if self.peek(&key)?.0.is_none() {

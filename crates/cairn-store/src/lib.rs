@@ -37,7 +37,7 @@ mod error;
 mod mem;
 mod store;
 
-pub use disk::{DiskStore, INLINE_MAX, PACK_MIN, RecoveryReport};
+pub use disk::{DiskStore, INLINE_MAX, PACK_MIN, PACK_MIN_LARGE, RecoveryReport};
 pub use error::StoreError;
 pub use mem::MemStore;
 pub use store::{PutItem, PutOutcome, ShareStore, StoreUsage, StoredShare};

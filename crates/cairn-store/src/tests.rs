@@ -204,6 +204,70 @@ fn put_many_stores_like_put(f: Fixture) {
     }
 }
 
+/// The large shares of one batch (the shares of consecutive chunks of a big file) share one
+/// pack: no file of their own, ranges read as from a share file, a pack cut short is reported,
+/// and the pack goes with its last share.
+#[test]
+fn put_many_packs_large_shares_together_disk() {
+    let f = Fixture::disk(CAPACITY);
+    let dir = f.dir.as_ref().unwrap().path().to_path_buf();
+    let packs = || all_files(&dir.join("packs"));
+    let s = &f.store;
+    let shares: Vec<(ShareRoot, u8, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                root(120 + i),
+                i,
+                bytes(u64::from(i), 300_000 + usize::from(i)),
+            )
+        })
+        .collect();
+    let out = s.put_many(&items(&shares, b"big header"), lease(1, 10));
+    assert!(out.into_iter().all(|r| r.unwrap() == PutOutcome::Stored));
+    assert_eq!(packs().len(), 1);
+    assert_eq!(f.share_files(), Some(0), "no large share has its own file");
+    for (root, index, data) in &shares {
+        let got = s.get(root, *index, None).unwrap().unwrap();
+        assert_eq!(&got.data, data);
+        assert_eq!(got.header, b"big header");
+        let part = s.get(root, *index, Some(1000..1010)).unwrap().unwrap();
+        assert_eq!(part.data, data[1000..1010]);
+        assert_eq!(part.header, b"big header");
+    }
+    let used: u64 = shares.iter().map(|(_, _, d)| d.len() as u64 + 10).sum();
+    assert_eq!(usage(&f).used_bytes, used);
+
+    // One large share alone in a batch keeps its own file.
+    let single = vec![(root(130), 0u8, bytes(9, 200_000))];
+    let out = s.put_many(&items(&single, b"h"), lease(1, 10));
+    assert_eq!(out.into_iter().next().unwrap().unwrap(), PutOutcome::Stored);
+    assert_eq!(f.share_files(), Some(1));
+    assert_eq!(packs().len(), 1);
+
+    // Damage from outside: the pack cut inside the last share. Even a range that stops
+    // before the cut is refused, as the share is no longer whole.
+    let pack = packs().remove(0);
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let (root2, index2, _) = &shares[2];
+    assert!(matches!(
+        s.get(root2, *index2, Some(0..10)),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let (root0, index0, data0) = &shares[0];
+    assert_eq!(&s.get(root0, *index0, None).unwrap().unwrap().data, data0);
+
+    for (root, index, _) in &shares {
+        assert!(s.remove(root, *index).unwrap());
+    }
+    assert!(packs().is_empty(), "the pack goes with its last share");
+}
+
 #[test]
 fn put_many_packs_small_shares_and_drops_the_pack_with_its_last_share_disk() {
     let f = Fixture::disk(CAPACITY);

@@ -7,6 +7,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::ShareKey;
@@ -149,19 +151,33 @@ pub(super) fn write_pack_file(
     write_durably(packs_dir, path, tmp, data)
 }
 
-/// Reads `len` bytes at `offset` of a pack file.
-pub(super) fn read_pack(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, ReadFailure> {
-    let mut f = match File::open(path) {
+/// Reads a packed share: the `header_len` bytes of its header at `offset`, and `range` of the
+/// share bytes that follow it. The file must reach `share_end` (the end of the whole share),
+/// so that a pack cut short is reported even when the range stops before its end.
+pub(super) fn read_pack(
+    path: &Path,
+    offset: u64,
+    header_len: usize,
+    range: Range<u64>,
+    share_end: u64,
+) -> Result<(Vec<u8>, Vec<u8>), ReadFailure> {
+    let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
         Err(e) => return Err(ReadFailure::Io(e)),
     };
-    let mut buf = vec![0u8; len];
+    let actual = f.metadata().map_err(ReadFailure::Io)?.len();
+    if actual < share_end {
+        return Err(ReadFailure::WrongLength(actual));
+    }
+    let mut header = vec![0u8; header_len];
+    let mut data = vec![0u8; (range.end - range.start) as usize];
+    let data_at = offset + header_len as u64 + range.start;
     let read = f
-        .seek(SeekFrom::Start(offset))
-        .and_then(|_| f.read_exact(&mut buf));
+        .read_exact_at(&mut header, offset)
+        .and_then(|()| f.read_exact_at(&mut data, data_at));
     match read {
-        Ok(()) => Ok(buf),
+        Ok(()) => Ok((header, data)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             let actual = f.metadata().map(|m| m.len()).unwrap_or(0);
             Err(ReadFailure::WrongLength(actual))
