@@ -433,7 +433,14 @@ impl Inner {
             return Ok(self.serve(self.id, request.clone()).await);
         }
         let started = Instant::now();
+        let mut waiting = Waiting {
+            inner: self,
+            peer: member.id,
+            started,
+            answered: false,
+        };
         let result = self.net().request(member.id, &member.addrs, request).await;
+        waiting.answered = true;
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let h = health.entry(member.id).or_default();
         match &result {
@@ -793,5 +800,32 @@ impl JoinService for Service {
                 }
             }
         })
+    }
+}
+
+/// A request to a peer under way. Dropped before the answer (a hedged request that another
+/// holder beat), it still tells how long the peer had kept us waiting: its latency is at least
+/// that, so a holder that is always outrun comes to be known as slow.
+struct Waiting<'a> {
+    inner: &'a Inner,
+    peer: NodeId,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let waited = self.started.elapsed().as_secs_f64();
+        let mut health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(self.peer).or_default();
+        // Only ever raises the estimate: the peer took at least `waited`.
+        match h.latency {
+            Some(old) if old < waited => h.latency = Some(old * 0.7 + waited * 0.3),
+            Some(_) => {}
+            None => h.latency = Some(waited),
+        }
     }
 }
