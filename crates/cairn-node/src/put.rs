@@ -44,7 +44,7 @@ const CHUNKS_QUEUED: usize = 2;
 const SEALS_IN_FLIGHT: usize = 3;
 /// Consecutive chunks placed together: each holder gets one dedup query and one batched put
 /// for the group's shares, instead of one of each per chunk.
-const CHUNKS_PER_GROUP: usize = 4;
+const CHUNKS_PER_GROUP: usize = 3;
 /// Groups of chunks being uploaded at once.
 const GROUPS_IN_FLIGHT: usize = 2;
 /// The largest share a manifest may have (keeps every frame under the wire limit).

@@ -256,13 +256,18 @@ async fn a_flipped_share_on_disk_is_detected_and_others_used() {
         let grid = TestGrid::start(5).await;
         let data = random_bytes(9, 3 << 20);
         let report = put(&grid, 0, &data).await;
-        // Flip one byte in every share file of two nodes.
+        // Flip a byte in every 64 KiB of every share file and pack file of two nodes: every
+        // share they hold is damaged (a packed share is larger than 64 KiB here).
         let mut flipped = 0;
         for i in [1, 2] {
-            for path in files_under(&grid.dir(i).store().join("shares")) {
+            let store = grid.dir(i).store();
+            let mut paths = files_under(&store.join("shares"));
+            paths.extend(files_under(&store.join("packs")));
+            for path in paths {
                 let mut bytes = std::fs::read(&path).expect("read share");
-                let mid = bytes.len() / 2;
-                bytes[mid] ^= 0x01;
+                for at in (32 << 10..bytes.len()).step_by(64 << 10) {
+                    bytes[at] ^= 0x01;
+                }
                 std::fs::write(&path, bytes).expect("write share");
                 flipped += 1;
             }
