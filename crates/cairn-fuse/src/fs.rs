@@ -720,6 +720,7 @@ impl Shared {
             self.meta_of(ino, &entry).1,
             true,
             base,
+            Some(&self.node),
         )?;
         let staged = Arc::new(staged);
         let mut map = locked(&self.staged);
@@ -937,6 +938,7 @@ impl Shared {
             meta,
             false,
             None,
+            Some(&self.node),
         )?);
         staged.lock().writers = 1;
         // Changed from the start: the journal entry makes a crash still link it.

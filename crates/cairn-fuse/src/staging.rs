@@ -8,6 +8,11 @@
 //! files at once with [`Node::put_many`], see [`upload_batch`]) and links its entry; the
 //! journal entry goes once the upload is linked.
 //!
+//! A file written from its start without a gap (`cp`, `dd`, a download) streams: once it is
+//! [`STREAM_AFTER`] long, a put starts that reads the staging file as it grows, so the upload
+//! at close or fsync waits only for the tail. A write anywhere else, a truncation or a delete
+//! gives that put up, and the upload puts the whole file as usual.
+//!
 //! Crash safety: a daemon killed before an upload leaves the data and its journal entry;
 //! `recover` uploads and links each at the next start. What fsync acknowledged is on the grid
 //! already; like any file system, a power loss may lose what no fsync acknowledged. Deleting
@@ -20,13 +25,57 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cairn_core::cap::Cap;
 use cairn_dir::{Content, FileRef, Meta};
 use cairn_node::{FileReader, Node, NodeError, PutOptions, PutReport};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::io::StreamReader;
 
 use crate::lazy::{Lazy, read_full};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+
+/// A file written in order from its start streams to the grid once it is this long.
+pub(crate) const STREAM_AFTER: u64 = 8 << 20;
+/// Bytes a streamed put reads from the staging file at a time.
+const STREAM_READ: u64 = 1 << 20;
+
+/// How far a streamed put may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// Written in order up to here; more may come.
+    Open(u64),
+    /// The put ends here (an upload took it).
+    End(u64),
+    /// Written out of order, truncated or deleted: the put is given up.
+    Abort,
+}
+
+/// What a staged file needs to stream: the node and the runtime to run the put on.
+struct Streamer {
+    node: Node,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Streamer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streamer")
+    }
+}
+
+/// The streamed put of a staged file (see the module docs).
+#[derive(Debug, Default)]
+struct StreamState {
+    /// The end of what was written in order from the start; `None` once a write went
+    /// elsewhere (or a streamed put was taken: a file streams once).
+    sequential: Option<u64>,
+    /// Tells the put how far it may read.
+    feed: Option<watch::Sender<Feed>>,
+    /// The put.
+    put: Option<JoinHandle<Result<PutReport, NodeError>>>,
+}
 
 /// What the journal records of one staged file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,6 +130,9 @@ pub(crate) struct Staged {
     pub(crate) state: Mutex<StagedState>,
     /// Serialises uploads of this file.
     upload: Arc<tokio::sync::Mutex<()>>,
+    /// For a file that may stream: the node and runtime the put runs on.
+    streamer: Option<Streamer>,
+    stream: Mutex<StreamState>,
 }
 
 /// An upload of one staged file under way: its upload lock and the entry as it was taken.
@@ -148,13 +200,15 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
 
 impl Staged {
     /// A new staging file in `dir` for the file at `location`: empty, or the file `base` (its
-    /// reader and readcap) fetched as needed. `linked` when the grid has an entry for it.
+    /// reader and readcap) fetched as needed. `linked` when the grid has an entry for it. With
+    /// `node` (and when called on a tokio runtime), an empty one streams (see the module docs).
     pub(crate) fn create(
         dir: &Path,
         location: String,
         meta: Meta,
         linked: bool,
         base: Option<(FileReader, String)>,
+        node: Option<&Node>,
     ) -> Result<Staged, NodeError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let id: u128 = rand::random();
@@ -177,6 +231,15 @@ impl Staged {
             }
             None => (None, None),
         };
+        // Only a file that starts empty streams (a base's blocks are not in the file yet).
+        let streamer = match (&lazy, tokio::runtime::Handle::try_current()) {
+            (None, Ok(runtime)) => node.map(|node| Streamer {
+                node: node.clone(),
+                runtime,
+            }),
+            _ => None,
+        };
+        let sequential = streamer.as_ref().map(|_| 0);
         Ok(Staged {
             file,
             lazy,
@@ -196,6 +259,11 @@ impl Staged {
                 failures: 0,
             }),
             upload: Arc::default(),
+            streamer,
+            stream: Mutex::new(StreamState {
+                sequential,
+                ..StreamState::default()
+            }),
         })
     }
 
@@ -275,11 +343,91 @@ impl Staged {
         }
         self.file
             .write_all_at(data, offset)
-            .map_err(io(&self.data_path))
+            .map_err(io(&self.data_path))?;
+        self.note_write(offset, data.len() as u64);
+        Ok(())
+    }
+
+    fn stream_state(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds a write to the streamed put, starts that put once the file is long enough, or
+    /// gives it up when the write is out of order.
+    fn note_write(&self, offset: u64, len: u64) {
+        let Some(streamer) = &self.streamer else {
+            return;
+        };
+        let mut stream = self.stream_state();
+        let Some(end) = stream.sequential else {
+            return;
+        };
+        if offset != end {
+            give_up(&mut stream);
+            return;
+        }
+        let end = end + len;
+        stream.sequential = Some(end);
+        match &stream.feed {
+            Some(feed) => {
+                feed.send_replace(Feed::Open(end));
+            }
+            None if end >= STREAM_AFTER => self.start_stream(streamer, &mut stream, end),
+            None => {}
+        }
+    }
+
+    /// Starts the streamed put: a reader task feeds the staging file's bytes, in order, as
+    /// far as [`Feed`] allows.
+    fn start_stream(&self, streamer: &Streamer, stream: &mut StreamState, end: u64) {
+        let Ok(file) = self.file.try_clone() else {
+            stream.sequential = None;
+            return;
+        };
+        let (feed, rx) = watch::channel(Feed::Open(end));
+        let (tx, mut bytes) = mpsc::channel::<std::io::Result<Bytes>>(4);
+        streamer.runtime.spawn(feed_stream(file, rx, tx));
+        let node = streamer.node.clone();
+        let put = streamer.runtime.spawn(async move {
+            let reader =
+                StreamReader::new(futures_util::stream::poll_fn(move |cx| bytes.poll_recv(cx)));
+            node.put(reader, PutOptions::default()).await
+        });
+        stream.feed = Some(feed);
+        stream.put = Some(put);
+    }
+
+    /// Whether a streamed put is under way.
+    #[cfg(test)]
+    fn streaming(&self) -> bool {
+        self.stream_state().put.is_some()
+    }
+
+    /// Takes the streamed put for an upload of `len` bytes: it ends at `len` when that is
+    /// what was written in order, and is given up otherwise. No file streams twice.
+    fn take_stream(&self, len: u64) -> Option<JoinHandle<Result<PutReport, NodeError>>> {
+        let mut stream = self.stream_state();
+        let whole = stream.sequential == Some(len);
+        stream.sequential = None;
+        let put = stream.put.take()?;
+        let feed = stream.feed.take()?;
+        if whole {
+            feed.send_replace(Feed::End(len));
+            Some(put)
+        } else {
+            feed.send_replace(Feed::Abort);
+            None
+        }
     }
 
     /// Sets the size (a truncation drops the base's bytes past it).
     pub(crate) fn set_len(&self, size: u64) -> Result<(), NodeError> {
+        {
+            let mut stream = self.stream_state();
+            if stream.sequential != Some(size) {
+                give_up(&mut stream);
+            }
+        }
         if let Some(lazy) = &self.lazy {
             lazy.truncate(size);
             let len = lazy.len();
@@ -378,8 +526,24 @@ impl Staged {
                 return Ok(None);
             };
             self.fill_all().await?;
-            let reader = self.file.try_clone().map_err(io(&self.data_path))?;
-            let report = put_file(node, reader, &self.data_path).await?;
+            let streamed = match self.take_stream(self.len()) {
+                Some(put) => match put.await {
+                    Ok(Ok(report)) => Some(report),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "streamed upload failed; putting the whole file");
+                        None
+                    }
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let report = match streamed {
+                Some(report) => report,
+                None => {
+                    let reader = self.file.try_clone().map_err(io(&self.data_path))?;
+                    put_file(node, reader, &self.data_path).await?
+                }
+            };
             link(node, location, &report.cap, &begun.entry).await?;
             Ok(Some(report))
         }
@@ -401,6 +565,7 @@ impl Staged {
 
     /// Drops the file from the journal: it was deleted, so nothing is to be uploaded.
     pub(crate) fn forget(&self) {
+        give_up(&mut self.stream_state());
         let mut state = self.lock();
         state.entry.location = None;
         state.dirty = false;
@@ -416,6 +581,79 @@ impl Staged {
         let _ = std::fs::remove_file(&self.data_path);
         if let Some(lazy) = &self.lazy {
             lazy.remove_log();
+        }
+    }
+}
+
+/// Gives up a streamed put (its reader fails, so the put ends) and keeps the file from
+/// streaming again.
+fn give_up(stream: &mut StreamState) {
+    stream.sequential = None;
+    stream.put = None;
+    if let Some(feed) = stream.feed.take() {
+        feed.send_replace(Feed::Abort);
+    }
+}
+
+/// Feeds a streamed put the staging file's bytes from its start, as far as `feed` allows,
+/// [`STREAM_READ`] at a time; ends the data at [`Feed::End`] and fails it at [`Feed::Abort`]
+/// (or when the staged file is gone).
+async fn feed_stream(
+    file: File,
+    mut feed: watch::Receiver<Feed>,
+    bytes: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let file = Arc::new(file);
+    let mut at = 0u64;
+    loop {
+        let state = *feed.borrow_and_update();
+        let until = match state {
+            Feed::Abort => {
+                let _ = bytes.send(Err(std::io::Error::other("given up"))).await;
+                return;
+            }
+            Feed::Open(n) | Feed::End(n) => n,
+        };
+        if at < until {
+            let want = (until - at).min(STREAM_READ) as usize;
+            let read = {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    read_full(&file, &mut buf, at).map(|n| {
+                        buf.truncate(n);
+                        buf
+                    })
+                })
+                .await
+            };
+            let chunk = match read {
+                Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
+                Ok(Err(e)) => {
+                    let _ = bytes.send(Err(e)).await;
+                    return;
+                }
+                _ => {
+                    let _ = bytes
+                        .send(Err(std::io::Error::other("staging file cut short")))
+                        .await;
+                    return;
+                }
+            };
+            at += chunk.len() as u64;
+            if bytes.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if state == Feed::End(until) {
+            return;
+        }
+        if feed.changed().await.is_err() {
+            let _ = bytes
+                .send(Err(std::io::Error::other("the staged file is gone")))
+                .await;
+            return;
         }
     }
 }
@@ -683,6 +921,7 @@ mod tests {
                 Meta::default(),
                 true,
                 Some((reader, cap.to_string())),
+                None,
             )
             .unwrap();
             // Reads before any write come from the grid.
@@ -707,5 +946,78 @@ mod tests {
         assert!(read_all(&node, "/big.bin").await == expected);
         assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
         grid.shutdown().await;
+    }
+
+    /// A file written in order streams: its put starts once it is [`STREAM_AFTER`] long and
+    /// the upload takes it. A write out of order gives the streamed put up, and the upload
+    /// still puts what the file holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_written_in_order_streams_and_a_write_out_of_order_gives_it_up() {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let location = format!("{}/streamed.bin", node.share("/", true).await.unwrap());
+        let staging = tempfile::tempdir().unwrap();
+        let data = random_bytes(5, (STREAM_AFTER as usize) + (3 << 20) + 777);
+        let write_in_order = |staged: &Staged, data: &[u8]| {
+            for (i, part) in data.chunks(1 << 20).enumerate() {
+                staged.write_at(part, (i << 20) as u64).unwrap();
+                staged.mark_dirty(None).unwrap();
+            }
+        };
+
+        let staged = Staged::create(
+            staging.path(),
+            location.clone(),
+            Meta::default(),
+            false,
+            None,
+            Some(&node),
+        )
+        .unwrap();
+        write_in_order(&staged, &data[..(STREAM_AFTER as usize) - 1]);
+        assert!(!staged.streaming(), "too short to stream yet");
+        write_in_order_from(&staged, &data, (STREAM_AFTER as usize) - 1);
+        assert!(
+            staged.streaming(),
+            "long enough: the put runs while it is written"
+        );
+        let report = staged.upload(&node).await.unwrap().unwrap();
+        assert_eq!(report.size, data.len() as u64);
+        assert!(!staged.streaming());
+        assert!(read_all(&node, "/streamed.bin").await == data);
+
+        // Out of order: a write behind the end gives the streamed put up.
+        let staged = Staged::create(
+            staging.path(),
+            location,
+            Meta::default(),
+            true,
+            None,
+            Some(&node),
+        )
+        .unwrap();
+        let mut changed = data.clone();
+        write_in_order(&staged, &changed);
+        assert!(staged.streaming());
+        changed[100..104].copy_from_slice(b"EDIT");
+        staged.write_at(b"EDIT", 100).unwrap();
+        assert!(
+            !staged.streaming(),
+            "a write out of order gives the stream up"
+        );
+        staged.upload(&node).await.unwrap().unwrap();
+        assert!(read_all(&node, "/streamed.bin").await == changed);
+        grid.shutdown().await;
+    }
+
+    /// Writes `data[from..]` at its offsets, 1 MiB at a time.
+    fn write_in_order_from(staged: &Staged, data: &[u8], from: usize) {
+        let mut at = from;
+        while at < data.len() {
+            let end = (at + (1 << 20)).min(data.len());
+            staged.write_at(&data[at..end], at as u64).unwrap();
+            staged.mark_dirty(None).unwrap();
+            at = end;
+        }
     }
 }
