@@ -383,12 +383,7 @@ fn put_of_a_directory_fails_promptly() {
 fn put_of_a_named_pipe_reads_it_to_the_end() {
     let env = Env::new();
     let (a, _node) = single_node(&env);
-    let fifo = env.join("pipe");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo failed");
+    let fifo = named_pipe(&env);
     let data = random_bytes(3_000_000);
     let writer = {
         let (fifo, data) = (fifo.clone(), data.clone());
@@ -401,18 +396,24 @@ fn put_of_a_named_pipe_reads_it_to_the_end() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
-/// A `cairn put` killed while its node reads the passed file: the node abandons that put
-/// and goes on serving (the next put and get work).
-#[test]
-fn a_put_whose_client_dies_is_abandoned() {
-    let env = Env::new();
-    let (a, node) = single_node(&env);
+/// Makes a named pipe `BASE/pipe`.
+fn named_pipe(env: &Env) -> std::path::PathBuf {
     let fifo = env.join("pipe");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo failed");
+    fifo
+}
+
+/// A `cairn put` killed while its node reads the passed file: the node abandons that put
+/// and goes on serving (the next put and get work).
+#[test]
+fn a_put_whose_client_dies_is_abandoned() {
+    let env = Env::new();
+    let (a, node) = single_node(&env);
+    let fifo = named_pipe(&env);
     let mut client = std::process::Command::new(exe())
         .args([
             OsStr::new("put"),
