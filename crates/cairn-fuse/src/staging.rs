@@ -958,12 +958,6 @@ mod tests {
         let location = format!("{}/streamed.bin", node.share("/", true).await.unwrap());
         let staging = tempfile::tempdir().unwrap();
         let data = random_bytes(5, (STREAM_AFTER as usize) + (3 << 20) + 777);
-        let write_in_order = |staged: &Staged, data: &[u8]| {
-            for (i, part) in data.chunks(1 << 20).enumerate() {
-                staged.write_at(part, (i << 20) as u64).unwrap();
-                staged.mark_dirty(None).unwrap();
-            }
-        };
 
         let staged = Staged::create(
             staging.path(),
@@ -974,9 +968,9 @@ mod tests {
             Some(&node),
         )
         .unwrap();
-        write_in_order(&staged, &data[..(STREAM_AFTER as usize) - 1]);
+        write_in_order(&staged, &data[..(STREAM_AFTER as usize) - 1], 0);
         assert!(!staged.streaming(), "too short to stream yet");
-        write_in_order_from(&staged, &data, (STREAM_AFTER as usize) - 1);
+        write_in_order(&staged, &data, (STREAM_AFTER as usize) - 1);
         assert!(
             staged.streaming(),
             "long enough: the put runs while it is written"
@@ -997,7 +991,7 @@ mod tests {
         )
         .unwrap();
         let mut changed = data.clone();
-        write_in_order(&staged, &changed);
+        write_in_order(&staged, &changed, 0);
         assert!(staged.streaming());
         changed[100..104].copy_from_slice(b"EDIT");
         staged.write_at(b"EDIT", 100).unwrap();
@@ -1011,7 +1005,7 @@ mod tests {
     }
 
     /// Writes `data[from..]` at its offsets, 1 MiB at a time.
-    fn write_in_order_from(staged: &Staged, data: &[u8], from: usize) {
+    fn write_in_order(staged: &Staged, data: &[u8], from: usize) {
         let mut at = from;
         while at < data.len() {
             let end = (at + (1 << 20)).min(data.len());

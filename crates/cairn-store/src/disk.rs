@@ -24,8 +24,9 @@
 //! and copy-on-write leaves more free pages behind, while a pack costs one file and one fsync
 //! for the batch and wastes nothing. So do the large shares of a batch that has at least
 //! [`PACK_MIN_LARGE`] of them (a large file's put sends each holder the shares of several
-//! consecutive chunks at once): one file, one inode and two fsyncs instead of one each. A packed share keeps its own header (its record says
-//! where) and does not use the `headers` table. A pack is deleted with its last share; the
+//! consecutive chunks at once): one file, one inode and two fsyncs instead of one each. A
+//! packed share keeps its own header (its record says where) and does not use the `headers`
+//! table. A pack is deleted with its last share; the
 //! space of shares removed before that stays in use until then.
 //!
 //! Format 1 (no packs) is upgraded in place at open: its records are valid format 2 records.
