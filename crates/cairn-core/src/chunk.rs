@@ -8,7 +8,7 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{Error as CdcError, StreamCDC};
+use fastcdc::v2020::{Normalization, select_masks};
 
 use crate::CoreError;
 use crate::compress::{decode_payload, encode_payload};
@@ -23,12 +23,29 @@ pub const AVG_CHUNK: u32 = 1024 * 1024;
 /// Largest chunk FastCDC cuts.
 pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
 
+/// How much of the stream the chunker holds at once: room for several chunks, so that the
+/// bytes after the last cut are moved to the front only once every few chunks.
+const READ_BUFFER: usize = 4 * MAX_CHUNK as usize;
+
 /// Streaming content-defined chunker over any reader: yields chunk bytes in order.
 ///
-/// Memory is bounded by one [`MAX_CHUNK`] buffer plus the chunk handed out. An empty input
-/// yields no chunks.
+/// The cuts are FastCDC v2020's (normalization level 1, the default gear tables), the same as
+/// `fastcdc::v2020::StreamCDC` makes. It reads into one buffer of [`READ_BUFFER`] bytes that
+/// it reuses for the whole stream, and copies each chunk out of it once. Memory is bounded by
+/// that buffer plus the chunk handed out. An empty input yields no chunks; after a read error
+/// the chunker yields that error and then ends.
 pub struct Chunker<R: Read> {
-    inner: StreamCDC<R>,
+    reader: R,
+    /// The read buffer (its length is its size; bytes past `end` are stale).
+    buffer: Vec<u8>,
+    /// The first byte not handed out yet.
+    start: usize,
+    /// The end of the bytes read.
+    end: usize,
+    /// The reader has ended (or failed).
+    done: bool,
+    mask_s: u64,
+    mask_l: u64,
 }
 
 impl<R: Read> std::fmt::Debug for Chunker<R> {
@@ -40,14 +57,40 @@ impl<R: Read> std::fmt::Debug for Chunker<R> {
 impl<R: Read> Chunker<R> {
     /// A chunker with Cairn's sizes ([`MIN_CHUNK`], [`AVG_CHUNK`], [`MAX_CHUNK`]).
     pub fn new(reader: R) -> Self {
+        let (mask_s, mask_l) = select_masks(AVG_CHUNK as usize, Normalization::Level1);
         Self {
-            inner: StreamCDC::new(
-                reader,
-                MIN_CHUNK as usize,
-                AVG_CHUNK as usize,
-                MAX_CHUNK as usize,
-            ),
+            reader,
+            buffer: Vec::new(),
+            start: 0,
+            end: 0,
+            done: false,
+            mask_s,
+            mask_l,
         }
+    }
+
+    /// Reads until a whole [`MAX_CHUNK`] is buffered past `start`, or the reader ends.
+    fn fill(&mut self) -> std::io::Result<()> {
+        while !self.done && self.end - self.start < MAX_CHUNK as usize {
+            if self.buffer.is_empty() {
+                self.buffer = vec![0; READ_BUFFER];
+            }
+            if self.end == self.buffer.len() {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match self.reader.read(&mut self.buffer[self.end..]) {
+                Ok(0) => self.done = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -55,12 +98,27 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = Result<Vec<u8>, CoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.inner.next()? {
-            Ok(chunk) => Some(Ok(chunk.data)),
-            Err(CdcError::Empty) => None,
-            Err(CdcError::IoError(e)) => Some(Err(CoreError::Io(e))),
-            Err(CdcError::Other(msg)) => Some(Err(CoreError::Io(std::io::Error::other(msg)))),
+        if let Err(e) = self.fill() {
+            self.start = self.end;
+            return Some(Err(CoreError::Io(e)));
         }
+        let buffered = &self.buffer[self.start..self.end];
+        if buffered.is_empty() {
+            return None;
+        }
+        let (_, len) = fastcdc::v2020::cut(
+            buffered,
+            MIN_CHUNK as usize,
+            AVG_CHUNK as usize,
+            MAX_CHUNK as usize,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        let chunk = buffered[..len].to_vec();
+        self.start += len;
+        Some(Ok(chunk))
     }
 }
 
@@ -195,6 +253,60 @@ mod tests {
         }
         let first = Chunker::new(Failing).next();
         assert!(matches!(first, Some(Err(CoreError::Io(_)))));
+    }
+
+    /// A reader that hands out at most `step` bytes per read, and sometimes fails with
+    /// `Interrupted` first, as a pipe or a socket may.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+        reads: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            if self.reads.is_multiple_of(7) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// The cuts are FastCDC's own (its streaming chunker, same sizes and level), whatever
+        /// the sizes of the reads: chunks already stored keep deduplicating.
+        #[test]
+        fn chunker_cuts_where_fastcdc_cuts(
+            len in 0usize..(40 << 20),
+            zeros in 0usize..(12 << 20),
+            step in 1usize..(9 << 20),
+            seed in 1u64..,
+        ) {
+            // Random bytes with a run of zeros (long runs cut at the maximum size).
+            let mut data = pseudo_random(len, seed);
+            let at = len / 3;
+            let zeros = zeros.min(len - at);
+            data[at..at + zeros].fill(0);
+            let ours: Vec<Vec<u8>> = Chunker::new(Trickle { data: &data, step, reads: 0 })
+                .map(Result::unwrap)
+                .collect();
+            let reference: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::new(
+                &data[..],
+                MIN_CHUNK as usize,
+                AVG_CHUNK as usize,
+                MAX_CHUNK as usize,
+            )
+            .map(|c| c.unwrap().data)
+            .collect();
+            prop_assert_eq!(ours.len(), reference.len());
+            prop_assert!(ours == reference);
+        }
     }
 
     #[test]
