@@ -613,9 +613,13 @@ mod bounded {
 
 /// Encodes a message as a frame: `u32` LE length, then postcard.
 pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
-    // Postcard writes straight after a 4-byte placeholder for the length. Writing into a Vec
-    // cannot fail for our types (no maps with non-string keys, no unsupported serde features).
-    let mut out = postcard::to_extend(msg, vec![0u8; 4]).unwrap_or_else(|_| vec![0u8; 4]);
+    // Postcard writes straight after a 4-byte placeholder for the length, into a buffer sized
+    // exactly (no regrowing copies of share bytes). Neither pass can fail for our types (no
+    // maps with non-string keys, no unsupported serde features).
+    let size = postcard::experimental::serialized_size(msg).unwrap_or(0);
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&[0u8; 4]);
+    let mut out = postcard::to_extend(msg, out).unwrap_or_else(|_| vec![0u8; 4]);
     let len = (out.len() - 4) as u32;
     out[..4].copy_from_slice(&len.to_le_bytes());
     out

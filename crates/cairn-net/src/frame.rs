@@ -21,11 +21,13 @@ pub(crate) async fn write_frame<T: Serialize>(
     send: &mut SendStream,
     msg: &T,
 ) -> Result<usize, FrameError> {
-    let frame = wire::encode_frame(msg);
-    send.write_all(&frame)
+    // Handed over as `Bytes`: the stream keeps the buffer instead of copying it.
+    let frame = bytes::Bytes::from(wire::encode_frame(msg));
+    let len = frame.len();
+    send.write_chunk(frame)
         .await
         .map_err(|e| FrameError::Io(e.to_string()))?;
-    Ok(frame.len())
+    Ok(len)
 }
 
 /// Reads one frame of at most `max` bytes and decodes it. The announced size is checked before
