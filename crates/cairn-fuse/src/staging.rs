@@ -25,13 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cairn_core::cap::Cap;
 use cairn_dir::{Content, FileRef, Meta};
 use cairn_node::{FileReader, Node, NodeError, PutOptions, PutReport};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::io::StreamReader;
 
 use crate::lazy::{Lazy, read_full};
 use serde::{Deserialize, Serialize};
@@ -39,8 +37,6 @@ use tracing::{info, warn};
 
 /// A file written in order from its start streams to the grid once it is this long.
 pub(crate) const STREAM_AFTER: u64 = 8 << 20;
-/// Bytes a streamed put reads from the staging file at a time.
-const STREAM_READ: u64 = 1 << 20;
 
 /// How far a streamed put may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,14 +381,16 @@ impl Staged {
             return;
         };
         let (feed, rx) = watch::channel(Feed::Open(end));
-        let (tx, mut bytes) = mpsc::channel::<std::io::Result<Bytes>>(4);
-        streamer.runtime.spawn(feed_stream(file, rx, tx));
+        let reader = FeedReader {
+            file,
+            feed: rx,
+            at: 0,
+            runtime: streamer.runtime.clone(),
+        };
         let node = streamer.node.clone();
-        let put = streamer.runtime.spawn(async move {
-            let reader =
-                StreamReader::new(futures_util::stream::poll_fn(move |cx| bytes.poll_recv(cx)));
-            node.put(reader, PutOptions::default()).await
-        });
+        let put = streamer
+            .runtime
+            .spawn(async move { node.put_blocking(reader, PutOptions::default()).await });
         stream.feed = Some(feed);
         stream.put = Some(put);
     }
@@ -595,65 +593,41 @@ fn give_up(stream: &mut StreamState) {
     }
 }
 
-/// Feeds a streamed put the staging file's bytes from its start, as far as `feed` allows,
-/// [`STREAM_READ`] at a time; ends the data at [`Feed::End`] and fails it at [`Feed::Abort`]
-/// (or when the staged file is gone).
-async fn feed_stream(
+/// The staging file's bytes from its start, as a streamed put reads them (on a blocking
+/// thread): as far as `feed` allows, waiting while it is [`Feed::Open`] at the end read; the
+/// data ends at [`Feed::End`] and fails at [`Feed::Abort`] (or when the staged file is gone).
+struct FeedReader {
     file: File,
-    mut feed: watch::Receiver<Feed>,
-    bytes: mpsc::Sender<std::io::Result<Bytes>>,
-) {
-    let file = Arc::new(file);
-    let mut at = 0u64;
-    loop {
-        let state = *feed.borrow_and_update();
-        let until = match state {
-            Feed::Abort => {
-                let _ = bytes.send(Err(std::io::Error::other("given up"))).await;
-                return;
-            }
-            Feed::Open(n) | Feed::End(n) => n,
-        };
-        if at < until {
-            let want = (until - at).min(STREAM_READ) as usize;
-            let read = {
-                let file = file.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; want];
-                    read_full(&file, &mut buf, at).map(|n| {
-                        buf.truncate(n);
-                        buf
-                    })
-                })
-                .await
+    feed: watch::Receiver<Feed>,
+    at: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Read for FeedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let state = *self.feed.borrow_and_update();
+            let until = match state {
+                Feed::Abort => return Err(std::io::Error::other("given up")),
+                Feed::Open(n) | Feed::End(n) => n,
             };
-            let chunk = match read {
-                Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
-                Ok(Err(e)) => {
-                    let _ = bytes.send(Err(e)).await;
-                    return;
+            if self.at < until {
+                let want = usize::try_from(until - self.at)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let n = self.file.read_at(&mut buf[..want], self.at)?;
+                if n == 0 {
+                    return Err(std::io::Error::other("staging file cut short"));
                 }
-                _ => {
-                    let _ = bytes
-                        .send(Err(std::io::Error::other("staging file cut short")))
-                        .await;
-                    return;
-                }
-            };
-            at += chunk.len() as u64;
-            if bytes.send(Ok(Bytes::from(chunk))).await.is_err() {
-                return;
+                self.at += n as u64;
+                return Ok(n);
             }
-            continue;
-        }
-        if state == Feed::End(until) {
-            return;
-        }
-        if feed.changed().await.is_err() {
-            let _ = bytes
-                .send(Err(std::io::Error::other("the staged file is gone")))
-                .await;
-            return;
+            if state == Feed::End(until) {
+                return Ok(0);
+            }
+            if self.runtime.block_on(self.feed.changed()).is_err() {
+                return Err(std::io::Error::other("the staged file is gone"));
+            }
         }
     }
 }
@@ -761,13 +735,10 @@ pub(crate) async fn upload_batch(
 }
 
 /// Puts the bytes of `file` (read from its start).
-async fn put_file(node: &Node, file: File, path: &Path) -> Result<PutReport, NodeError> {
-    let mut file = tokio::fs::File::from_std(file);
-    use tokio::io::AsyncSeekExt;
-    file.seek(std::io::SeekFrom::Start(0))
-        .await
-        .map_err(io(path))?;
-    node.put(file, PutOptions::default()).await
+async fn put_file(node: &Node, mut file: File, path: &Path) -> Result<PutReport, NodeError> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
+    node.put_blocking(file, PutOptions::default()).await
 }
 
 async fn link(

@@ -678,9 +678,8 @@ async fn handle_put_fd(
     let fd = recv_fd(stream)
         .await
         .map_err(|e| NodeError::Control(format!("cannot take the file to put: {e}")))?;
-    let file = tokio::fs::File::from_std(std::fs::File::from(fd));
-    let put = node.put(
-        file,
+    let put = node.put_blocking(
+        std::fs::File::from(fd),
         PutOptions {
             private,
             ..Default::default()

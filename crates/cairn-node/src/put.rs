@@ -31,7 +31,7 @@ use cairn_core::wire::{
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
 
@@ -116,55 +116,34 @@ impl Node {
     where
         R: AsyncRead + Unpin + Send + 'static,
     {
-        let report = self.put_uncounted(reader, options).await?;
+        self.put_blocking(SyncIoBridge::new(reader), options).await
+    }
+
+    /// Stores the bytes of a blocking reader (a file, say) and returns the readcap. The reader
+    /// is read on a blocking thread straight into the chunker, with no copy through an async
+    /// buffer.
+    pub async fn put_blocking<R>(
+        &self,
+        reader: R,
+        options: PutOptions,
+    ) -> Result<PutReport, NodeError>
+    where
+        R: std::io::Read + Send + 'static,
+    {
+        let report = self.put_stream(reader, options).await?;
         self.inner.activity.put(report.size);
         Ok(report)
     }
 
-    async fn put_uncounted<R>(
-        &self,
-        mut reader: R,
-        options: PutOptions,
-    ) -> Result<PutReport, NodeError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-    {
-        // Tiny files live inside their cap.
-        let mut head = Vec::with_capacity(INLINE_LIMIT + 1);
-        while head.len() <= INLINE_LIMIT {
-            let mut buf = [0u8; INLINE_LIMIT + 1];
-            let want = INLINE_LIMIT + 1 - head.len();
-            let got = reader
-                .read(&mut buf[..want])
-                .await
-                .map_err(|e| NodeError::Aborted(e.to_string()))?;
-            if got == 0 {
-                let size = head.len() as u64;
-                return Ok(PutReport {
-                    cap: Cap::Literal(LiteralCap { data: head }).to_string(),
-                    size,
-                    chunks: 0,
-                    shares_sent: 0,
-                    shares_already_held: 0,
-                    bytes_sent: 0,
-                    warnings: vec![],
-                });
-            }
-            head.extend_from_slice(&buf[..got]);
-        }
-        let reader = std::io::Cursor::new(head).chain(reader);
-        self.put_stream(reader, options).await
-    }
-
     async fn put_stream<R>(&self, reader: R, options: PutOptions) -> Result<PutReport, NodeError>
     where
-        R: AsyncRead + Unpin + Send + 'static,
+        R: std::io::Read + Send + 'static,
     {
         let inner = self.inner.clone();
         let encoding = inner.grid.encoding;
         let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, NodeError>>(CHUNKS_QUEUED);
         let chunker = tokio::task::spawn_blocking(move || {
-            for chunk in Chunker::new(SyncIoBridge::new(reader)) {
+            for chunk in Chunker::new(reader) {
                 let item = chunk.map_err(|e| NodeError::Aborted(e.to_string()));
                 let stop = item.is_err();
                 if tx.blocking_send(item).is_err() || stop {
@@ -172,7 +151,27 @@ impl Node {
                 }
             }
         });
-        let raw_chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        // Tiny files live inside their cap. Every chunk but the last is at least MIN_CHUNK
+        // long, so a first chunk that small is the whole file.
+        let first = rx.recv().await.transpose()?;
+        if first.as_ref().is_none_or(|c| c.len() <= INLINE_LIMIT) {
+            chunker
+                .await
+                .map_err(|e| NodeError::Control(e.to_string()))?;
+            let data = first.unwrap_or_default();
+            let size = data.len() as u64;
+            return Ok(PutReport {
+                cap: Cap::Literal(LiteralCap { data }).to_string(),
+                size,
+                chunks: 0,
+                shares_sent: 0,
+                shares_already_held: 0,
+                bytes_sent: 0,
+                warnings: vec![],
+            });
+        }
+        let raw_chunks = futures_util::stream::iter(first.map(Ok))
+            .chain(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         let secret = inner.keys.convergence.clone();
         let sealed = raw_chunks
             .map(|chunk| {
