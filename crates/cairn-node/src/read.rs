@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use cairn_core::cap::Cap;
 use cairn_core::crypto::ChunkKey;
 use cairn_core::manifest::ChunkRef;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use crate::NodeError;
@@ -142,29 +142,31 @@ impl FileReader {
             Source::Chunks(c) => c,
         };
         let (first, last) = chunked.covering(offset, end);
-        if first == last {
-            // Within one chunk (most reads): a view of it, no copy.
-            let plain = chunked.chunk(first).await?;
-            let start = chunked.spans[first].start;
-            let from = (offset - start) as usize;
-            let to = ((end - start) as usize).min(plain.len());
-            chunked.inner.activity.read((to - from) as u64);
-            return Ok(plain.slice(from..to));
+        let parts: Vec<Bytes> =
+            futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i)))
+                .buffered(FETCHES_AT_ONCE)
+                .try_collect()
+                .await?;
+        Ok(chunked.assemble(first, parts, offset, end))
+    }
+
+    /// The bytes [`read_at`](Self::read_at) would return, if every chunk they need is already
+    /// decrypted in this reader's cache; `None` when a fetch is needed (or under way). Never
+    /// waits, so a caller outside the async runtime can answer at once.
+    pub fn read_ready(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let end = offset.saturating_add(len as u64).min(self.size());
+        if offset >= end {
+            return Some(Bytes::new());
         }
-        let mut parts = futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i)))
-            .buffered(FETCHES_AT_ONCE);
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        let mut index = first;
-        while let Some(plain) = parts.next().await {
-            let plain = plain?;
-            let start = chunked.spans[index].start;
-            let from = offset.saturating_sub(start) as usize;
-            let to = ((end - start) as usize).min(plain.len());
-            out.extend_from_slice(&plain[from..to]);
-            index += 1;
-        }
-        chunked.inner.activity.read(out.len() as u64);
-        Ok(out.freeze())
+        let chunked = match &self.source {
+            Source::Literal(data) => return Some(data.slice(offset as usize..end as usize)),
+            Source::Chunks(c) => c,
+        };
+        let (first, last) = chunked.covering(offset, end);
+        let parts = (first..=last)
+            .map(|i| chunked.ready(i))
+            .collect::<Option<Vec<Bytes>>>()?;
+        Some(chunked.assemble(first, parts, offset, end))
     }
 
     /// Starts fetching the chunks that overlap `offset..offset + len` in the background, so a
@@ -210,6 +212,39 @@ impl Chunked {
             })
             .await?;
         Ok(plain.clone())
+    }
+
+    /// `offset..end` cut from `parts`, the decrypted chunks from `first` on that cover it: a
+    /// view of the chunk when one covers it all (most reads), else a copy of the pieces.
+    fn assemble(&self, first: usize, parts: Vec<Bytes>, offset: u64, end: u64) -> Bytes {
+        let piece = |index: usize, plain: &Bytes| {
+            let start = self.spans[index].start;
+            let from = offset.saturating_sub(start) as usize;
+            let to = ((end - start) as usize).min(plain.len());
+            plain.slice(from.min(to)..to)
+        };
+        let out = if let [plain] = parts.as_slice() {
+            piece(first, plain)
+        } else {
+            let mut out = BytesMut::with_capacity((end - offset) as usize);
+            for (index, plain) in (first..).zip(&parts) {
+                out.extend_from_slice(&piece(index, plain));
+            }
+            out.freeze()
+        };
+        self.inner.activity.read(out.len() as u64);
+        out
+    }
+
+    /// Chunk `i` if it is decrypted in the cache (made most recently used).
+    fn ready(&self, i: usize) -> Option<Bytes> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let at = cache.iter().position(|(j, _)| *j == i)?;
+        let plain = cache[at].1.get()?.clone();
+        if let Some(entry) = cache.remove(at) {
+            cache.push_back(entry);
+        }
+        Some(plain)
     }
 
     /// Whether chunk `i` is cached or being fetched.

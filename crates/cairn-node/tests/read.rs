@@ -52,6 +52,23 @@ async fn ranges_read_back_exactly_and_fetch_only_their_chunks() {
             before,
             "served from the cache"
         );
+        // What is decrypted in memory is had without waiting; what is not, is not.
+        let ready = reader
+            .read_ready(mid + 100, 4096)
+            .expect("the chunk is in memory");
+        assert_eq!(&ready[..], &data[mid as usize + 100..mid as usize + 4196]);
+        assert!(
+            reader.read_ready(0, 4096).is_none(),
+            "chunk 0 was never read"
+        );
+        assert!(
+            reader.read_ready(mid, 8 << 20).is_none(),
+            "the chunks after the one read were never read"
+        );
+        assert_eq!(
+            reader.read_ready(data.len() as u64, 10).as_deref(),
+            Some(&[][..])
+        );
 
         let len = data.len() as u64;
         let cases: [(u64, usize); 8] = [
