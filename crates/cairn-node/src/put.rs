@@ -29,7 +29,6 @@ use cairn_core::wire::{
     MAX_FRAME, MAX_HELD_QUERY, MAX_SHARE_BATCH, PutAnswer, Request, Response, ShareItem,
 };
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
@@ -260,9 +259,16 @@ impl Node {
         if options.cache {
             keep_written(&inner.blocks, &root, &bytes);
         }
-        inner
-            .place_shares(root, header.encode(), shares, &stats)
-            .await?;
+        let manifest_blob = BatchBlob {
+            file: 0,
+            root,
+            header: header.encode(),
+            shares,
+        };
+        let placed = inner
+            .place_many(vec![manifest_blob], std::slice::from_ref(&*stats))
+            .await;
+        placed.into_iter().try_for_each(|p| p)?;
         let cap = Cap::Read(ReadCap {
             root,
             key: read_key,
@@ -282,98 +288,6 @@ impl Node {
 }
 
 impl Inner {
-    /// Sends the `n` shares of one chunk to their holders (see the module docs).
-    async fn place_shares(
-        self: &Arc<Self>,
-        root: ShareRoot,
-        header: Vec<u8>,
-        mut shares: Vec<Vec<u8>>,
-        stats: &PutStats,
-    ) -> Result<(), NodeError> {
-        let happy = usize::from(self.grid.encoding.happy);
-        let n = shares.len();
-        let mut ranked = self.ranked(&root);
-        // Members that failed a moment ago go last (stable: rank order is kept otherwise).
-        ranked.sort_by_key(|m| self.health_of(&m.id).recently_failed());
-        if ranked.is_empty() {
-            return Err(NodeError::NotHappy {
-                root,
-                placed: 0,
-                happy,
-            });
-        }
-        let primaries: Vec<Member> = (0..n).map(|i| ranked[i % ranked.len()].clone()).collect();
-
-        // Which shares do the primary holders already have?
-        let distinct: Vec<Member> = {
-            let mut seen = HashSet::new();
-            primaries
-                .iter()
-                .filter(|m| seen.insert(m.id))
-                .cloned()
-                .collect()
-        };
-        let mut held_queries: FuturesUnordered<_> = distinct
-            .iter()
-            .map(|m| {
-                let inner = self.clone();
-                let m = m.clone();
-                async move {
-                    let r = inner
-                        .request(&m, &Request::HeldShares { roots: vec![root] })
-                        .await;
-                    (m.id, r)
-                }
-            })
-            .collect();
-        let mut already: HashSet<(NodeId, u8)> = HashSet::new();
-        let mut failed: HashSet<NodeId> = HashSet::new();
-        while let Some((id, result)) = held_queries.next().await {
-            match result {
-                Ok(Response::Held(held)) => {
-                    for idx in held.into_iter().next().unwrap_or_default() {
-                        already.insert((id, idx));
-                    }
-                }
-                _ => {
-                    failed.insert(id);
-                }
-            }
-        }
-
-        let mut placed: Vec<Option<NodeId>> = vec![None; n];
-        let mut sends = FuturesUnordered::new();
-        for (i, member) in primaries.iter().enumerate() {
-            let idx = i as u8;
-            // A holder's claim to hold a share counts only for the share it is the primary
-            // holder of: a member claiming everything must not stand in for the others.
-            if already.contains(&(member.id, idx)) {
-                placed[i] = Some(member.id);
-                stats.shares_held.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if failed.contains(&member.id) {
-                continue;
-            }
-            // The share's bytes move into the request and come back with the answer.
-            let data = std::mem::take(&mut shares[i]);
-            sends.push(self.send_share(member.clone(), root, idx, header.clone(), data));
-        }
-        while let Some(sent) = sends.next().await {
-            account(sent, &mut shares, &mut placed, &mut failed, stats);
-        }
-        self.place_rest(
-            root,
-            &header,
-            shares,
-            &ranked,
-            &mut placed,
-            &mut failed,
-            stats,
-        )
-        .await
-    }
-
     /// Places the shares whose primary holder failed: the next members in rank order, one
     /// share at a time, preferring members that hold nothing of this chunk yet. Then checks
     /// that the shares landed on at least `happy` distinct members.
