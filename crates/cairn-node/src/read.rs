@@ -36,6 +36,13 @@ struct Span {
 
 type Cell = Arc<OnceCell<Bytes>>;
 
+/// What a read needs: nothing more (past the end, or a literal file), or the chunks
+/// `first..=last` and the read's end.
+enum Plan<'a> {
+    Done(Bytes),
+    Chunks(&'a Arc<Chunked>, usize, usize, u64),
+}
+
 /// Random access to one immutable file (see the module docs). Cheap to clone; clones share
 /// the cache.
 #[derive(Clone)]
@@ -133,15 +140,10 @@ impl FileReader {
 
     /// Up to `len` bytes from `offset`: fewer only at the end of the file, none past it.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, NodeError> {
-        let end = offset.saturating_add(len as u64).min(self.size());
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let chunked = match &self.source {
-            Source::Literal(data) => return Ok(data.slice(offset as usize..end as usize)),
-            Source::Chunks(c) => c,
+        let (chunked, first, last, end) = match self.plan(offset, len) {
+            Plan::Done(bytes) => return Ok(bytes),
+            Plan::Chunks(chunked, first, last, end) => (chunked, first, last, end),
         };
-        let (first, last) = chunked.covering(offset, end);
         let parts: Vec<Bytes> =
             futures_util::stream::iter((first..=last).map(|i| chunked.chunk(i)))
                 .buffered(FETCHES_AT_ONCE)
@@ -154,19 +156,29 @@ impl FileReader {
     /// decrypted in this reader's cache; `None` when a fetch is needed (or under way). Never
     /// waits, so a caller outside the async runtime can answer at once.
     pub fn read_ready(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let end = offset.saturating_add(len as u64).min(self.size());
-        if offset >= end {
-            return Some(Bytes::new());
-        }
-        let chunked = match &self.source {
-            Source::Literal(data) => return Some(data.slice(offset as usize..end as usize)),
-            Source::Chunks(c) => c,
+        let (chunked, first, last, end) = match self.plan(offset, len) {
+            Plan::Done(bytes) => return Some(bytes),
+            Plan::Chunks(chunked, first, last, end) => (chunked, first, last, end),
         };
-        let (first, last) = chunked.covering(offset, end);
         let parts = (first..=last)
             .map(|i| chunked.ready(i))
             .collect::<Option<Vec<Bytes>>>()?;
         Some(chunked.assemble(first, parts, offset, end))
+    }
+
+    /// What a read of `len` bytes at `offset` needs.
+    fn plan(&self, offset: u64, len: usize) -> Plan<'_> {
+        let end = offset.saturating_add(len as u64).min(self.size());
+        if offset >= end {
+            return Plan::Done(Bytes::new());
+        }
+        match &self.source {
+            Source::Literal(data) => Plan::Done(data.slice(offset as usize..end as usize)),
+            Source::Chunks(chunked) => {
+                let (first, last) = chunked.covering(offset, end);
+                Plan::Chunks(chunked, first, last, end)
+            }
+        }
     }
 
     /// Starts fetching the chunks that overlap `offset..offset + len` in the background, so a
