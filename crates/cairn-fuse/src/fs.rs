@@ -341,9 +341,15 @@ impl Shared {
     /// The file made through this mount as `name` in `parent` that the grid has no entry for
     /// yet (it is linked at its first upload).
     fn pending(&self, parent: u64, name: &str) -> Option<(u64, Arc<Staged>)> {
+        self.staged_child(parent, name)
+            .filter(|(_, staged)| staged.unlinked())
+    }
+
+    /// The staged copy of the file at `parent`/`name`, linked or not.
+    fn staged_child(&self, parent: u64, name: &str) -> Option<(u64, Arc<Staged>)> {
         let ino = locked(&self.inodes).child(parent, name)?;
         let staged = locked(&self.staged).get(&ino).cloned()?;
-        staged.unlinked().then_some((ino, staged))
+        Some((ino, staged))
     }
 
     /// Holds off the uploads of the staged files at these names (in inode order) until the
@@ -491,10 +497,14 @@ impl Shared {
             return Ok(self.staged_attr(ino, &staged));
         }
         let cap = self.dir_cap(parent).await?;
-        let entry = self
-            .entry(&cap, name)
-            .await?
-            .ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
+        let mut entry = self.entry(&cap, name).await?;
+        if entry.is_none() && self.staged_child(parent, name).is_some() {
+            // Linked a moment ago: the listing cached before the link does not have it yet
+            // (the upload drops that listing just after marking the file linked).
+            self.forget_listing(&cap);
+            entry = self.entry(&cap, name).await?;
+        }
+        let entry = entry.ok_or_else(|| NodeError::NotFound(name.to_owned()))?;
         let ino = locked(&self.inodes).ensure(parent, name);
         if entry.kind == "dir" {
             // Resolved afresh: another writer may have replaced the directory.
