@@ -5,7 +5,7 @@
 //! ```text
 //! <dir>/store.redb                       redb: tables below
 //! <dir>/shares/<hh>/<root hex>.<index>   shares larger than INLINE_MAX put alone, one file each
-//! <dir>/packs/<id>.pack                  shares of one put_many batch, with their headers
+//! <dir>/packs/<id>.pack                  shares of put_many batches, with their headers
 //! ```
 //!
 //! redb tables: `shares` (`root || index` -> versioned record: length, location, leases),
@@ -19,26 +19,29 @@
 //! Small shares put one at a time live inside redb: a 4 KiB share as its own file would cost a
 //! file, an inode, directory entries and several fsyncs. Larger shares get a file, as the copy
 //! through redb's pages would cost more than the file system's overhead. The small shares of a
-//! [`ShareStore::put_many`] batch (at least [`PACK_MIN`] of them) go to one pack file instead,
-//! each as its header followed by its bytes: redb's pages hold a 1.4 KiB value at about 60%
-//! and copy-on-write leaves more free pages behind, while a pack costs one file and one fsync
-//! for the batch and wastes nothing. So do the large shares of a batch that has at least
-//! [`PACK_MIN_LARGE`] of them (a large file's put sends each holder the shares of several
-//! consecutive chunks at once): one file, one inode and two fsyncs instead of one each. A
-//! packed share keeps its own header (its record says where) and does not use the `headers`
-//! table. A pack is deleted with its last share; the
-//! space of shares removed before that stays in use until then.
+//! [`ShareStore::put_many`] batch (at least [`PACK_MIN`] of them) are appended to the open pack
+//! file instead, each as its header followed by its bytes: redb's pages hold a 1.4 KiB value at
+//! about 60% and copy-on-write leaves more free pages behind, while a pack costs one write and
+//! one fsync for the batch and wastes nothing. So do the large shares of a batch that has at
+//! least [`PACK_MIN_LARGE`] of them (a large file's put sends each holder the shares of several
+//! consecutive chunks at once): no file, inode or directory fsync of their own. A pack takes
+//! appends until it holds 16 MiB, then the next batch starts a new one. A packed share keeps its
+//! own header (its record says where) and does not use the `headers` table. A pack is deleted
+//! with its last share (once no batch is writing to it); the space of shares removed before
+//! that stays in use until then.
 //!
 //! Format 1 (no packs) is upgraded in place at open: its records are valid format 2 records.
 //!
 //! # Crash safety
 //!
-//! A put writes a large share (or a batch's pack) to a temporary name in its final directory,
-//! fsyncs it, renames it and fsyncs the directory; only then does the redb commit make the share
-//! visible. A remove commits first and deletes the file afterwards (a pack, once the commit
-//! removed its last share). So whatever moment the process dies at, every record's bytes exist
-//! in full; what can be left over is a temporary file, or a share or pack file that no record
-//! names. [`DiskStore::open`] removes all of these, drops any record whose file is missing or
+//! A put writes a large share to a temporary name in its final directory, fsyncs it, renames it
+//! and fsyncs the directory; a batch appends its packed shares to the open pack and fdatasyncs
+//! it (a new pack's directory entry is fsynced when it is created); only then does the redb
+//! commit make the shares visible. A remove commits first and deletes the file afterwards (a
+//! pack, once the commit removed its last share). So whatever moment the process dies at, every
+//! record's bytes exist in full; what can be left over is a temporary file, a share or pack file
+//! that no record names, or bytes in a pack that no record names (they stay until the pack
+//! goes). [`DiskStore::open`] removes all of these, drops any record whose file is missing or
 //! too short (which only outside damage can cause), and recomputes the usage counters, header
 //! reference counts and pack share counts (see [`RecoveryReport`]). A file that is damaged while
 //! the store runs is reported as [`StoreError::Corrupt`] by `get`.
@@ -60,6 +63,7 @@
 
 mod commit;
 mod files;
+mod packs;
 mod record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -75,6 +79,7 @@ use tracing::{debug, warn};
 
 use self::commit::{GroupCommit, KeyLocks};
 use self::files::ReadFailure;
+use self::packs::Packs;
 use self::record::{HeaderRecord, Location, ShareRecord};
 use crate::store::{merge_lease, resolve_range};
 use crate::{PutItem, PutOutcome, ShareStore, StoreError, StoreUsage, StoredShare};
@@ -149,8 +154,8 @@ pub struct DiskStore {
     dir: PathBuf,
     shares_dir: PathBuf,
     packs_dir: PathBuf,
-    /// The id the next pack gets (above every pack on disk or named at open).
-    next_pack: AtomicU64,
+    /// The open pack and the batches writing to packs.
+    packs: Packs,
     db: Database,
     capacity: u64,
     locks: KeyLocks<ShareKey>,
@@ -272,8 +277,8 @@ impl DiskStore {
         let mut store = DiskStore {
             dir: dir.to_path_buf(),
             shares_dir,
+            packs: Packs::new(packs_dir.clone(), 0),
             packs_dir,
-            next_pack: AtomicU64::new(0),
             db,
             capacity: capacity_bytes,
             locks: KeyLocks::new(),
@@ -591,19 +596,27 @@ impl DiskStore {
             .filter(|(i, _, _)| items[*i].data.len() <= INLINE_MAX)
             .count();
         let (pack_small, pack_large) = (small >= PACK_MIN, new.len() - small >= PACK_MIN_LARGE);
-        let pack =
-            (pack_small || pack_large).then(|| self.next_pack.fetch_add(1, Ordering::Relaxed));
-        // The pack's bytes, and its shares: item, key, offset, needed.
-        let mut pack_bytes: Vec<u8> = Vec::new();
+        let packs = |data: &[u8]| {
+            if data.len() <= INLINE_MAX {
+                pack_small
+            } else {
+                pack_large
+            }
+        };
+        // The bytes the batch appends to the open pack, and its shares there: item, key, offset
+        // within those bytes, needed.
+        let pack_room: usize = new
+            .iter()
+            .map(|(i, _, _)| &items[*i])
+            .filter(|item| packs(item.data))
+            .map(|item| item.header.len() + item.data.len())
+            .sum();
+        let mut pack_bytes: Vec<u8> = Vec::with_capacity(pack_room);
         let mut packed: Vec<(usize, ShareKey, u64, u64)> = Vec::new();
         for (i, key, has_header) in new {
             let item = &items[i];
             let len = item.data.len() as u64;
-            let packs = if item.data.len() <= INLINE_MAX {
-                pack_small
-            } else {
-                pack_large
-            };
+            let packs = packs(item.data);
             let header_cost = if has_header && !packs {
                 0
             } else {
@@ -643,22 +656,30 @@ impl DiskStore {
             });
             owners.push((i, file, needed));
         }
-        // The pack is durable before the commit that names its shares.
-        let mut pack_path = None;
-        let mut in_pack: HashSet<usize> = HashSet::new();
-        if let (Some(id), false) = (pack, packed.is_empty()) {
-            match files::write_pack_file(&self.packs_dir, id, &pack_bytes) {
-                Ok(path) => {
-                    pack_path = Some(path);
+        // The pack's bytes are durable before the commit that names its shares.
+        let mut room = None;
+        if !packed.is_empty() {
+            let written = self.packs.reserve(pack_bytes.len() as u64).and_then(|r| {
+                let done = self
+                    .packs
+                    .write(&r, &pack_bytes)
+                    .map_err(|e| StoreError::io(&self.packs_dir, e));
+                room = Some(r);
+                done
+            });
+            match written {
+                Ok(()) => {
+                    let Some(r) = &room else {
+                        unreachable!("reserved above");
+                    };
                     for (i, key, offset, needed) in packed {
-                        in_pack.insert(i);
                         let item = &items[i];
                         ops.push(Op::Insert {
                             key,
                             header: item.header.to_vec(),
                             len: item.data.len() as u64,
                             inline: None,
-                            packed: Some((id, offset)),
+                            packed: Some((r.id, r.offset + offset)),
                             lease,
                         });
                         owners.push((i, None, needed));
@@ -682,14 +703,15 @@ impl DiskStore {
                 }
             }
         }
-        let done = self.commits.submit_many(ops, |ops| self.run_batch(ops))?;
-        let mut pack_used = false;
+        let done = self.commits.submit_many(ops, |ops| self.run_batch(ops));
+        if let Some(room) = room {
+            // Whatever the commit did: a pack no record names goes now.
+            self.packs.release(room, |id| self.pack_held(id));
+        }
+        let done = done?;
         for ((i, file, needed), result) in owners.into_iter().zip(done) {
             results[i] = Some(match result {
-                Ok(Done::Put(outcome)) => {
-                    pack_used |= in_pack.contains(&i);
-                    Ok(outcome)
-                }
+                Ok(Done::Put(outcome)) => Ok(outcome),
                 Ok(Done::Removed(_)) => Err(StoreError::Poisoned),
                 Err(e) => {
                     if let Some(path) = file {
@@ -699,15 +721,16 @@ impl DiskStore {
                 }
             });
         }
-        if let (Some(path), false) = (&pack_path, pack_used) {
-            // No record names the pack: it is garbage (or the next open sweeps it).
-            files::remove_quietly(path);
-        }
         drop(guards);
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or(Err(StoreError::Poisoned)))
             .collect())
+    }
+
+    /// Whether any record names pack `id`.
+    fn pack_held(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.db.begin_read()?.open_table(PACKS)?.get(id)?.is_some())
     }
 
     /// Reads the share's record and whether its root has a header, plus the counters.
@@ -957,7 +980,7 @@ impl DiskStore {
             .chain(stored_packs.keys())
             .max()
             .map_or(0, |m| m + 1);
-        self.next_pack.store(next, Ordering::Relaxed);
+        self.packs.start_ids_at(next);
 
         if report != RecoveryReport::default() {
             warn!(?report, dir = %self.dir.display(), "share store recovered");
@@ -1197,13 +1220,8 @@ impl ShareStore for DiskStore {
                         files::remove_quietly(&files::share_path(&self.shares_dir, &key));
                     }
                     Location::Packed { pack, .. } => {
-                        // The pack goes with its last share (no put adds to an existing pack).
-                        let txn = self.db.begin_read()?;
-                        if txn.open_table(PACKS)?.get(pack)?.is_none() {
-                            files::remove_quietly(
-                                &self.packs_dir.join(files::pack_file_name(pack)),
-                            );
-                        }
+                        // The pack goes with its last share, unless a batch is writing to it.
+                        self.packs.forget_if_unheld(pack, |id| self.pack_held(id));
                     }
                     Location::Inline => {}
                 }

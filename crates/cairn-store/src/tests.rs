@@ -357,6 +357,114 @@ fn put_many_packs_small_shares_and_drops_the_pack_with_its_last_share_disk() {
     drop(tmp);
 }
 
+/// Batches append to one open pack until it holds 16 MiB, then start the next; batches from
+/// many threads at once each land whole; bytes no record names at a pack's end (a batch cut
+/// off before its commit) change nothing at open; and the open pack goes with its last share.
+#[test]
+fn batches_append_to_the_open_pack_until_it_is_full_disk() {
+    let f = Fixture::disk(1 << 30);
+    let dir = f.dir.as_ref().unwrap().path().to_path_buf();
+    let packs = || {
+        let mut p = all_files(&dir.join("packs"));
+        p.sort();
+        p
+    };
+    // 8 threads, 6 batches each of 3 shares of 300 KB: 43 MB in all, so three packs.
+    let batches: Vec<Vec<(ShareRoot, u8, Vec<u8>)>> = (0..48u64)
+        .map(|b| {
+            (0..3u8)
+                .map(|i| {
+                    let mut r = [0u8; 32];
+                    r[..8].copy_from_slice(&b.to_le_bytes());
+                    r[8] = i;
+                    (
+                        ShareRoot::from_bytes(r),
+                        i,
+                        bytes(b * 3 + u64::from(i), 300_000),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for thread in batches.chunks(6) {
+            let store = &f.store;
+            scope.spawn(move || {
+                for batch in thread {
+                    let out = store.put_many(&items(batch, b"hdr"), lease(1, 10));
+                    assert!(out.into_iter().all(|r| r.unwrap() == PutOutcome::Stored));
+                }
+            });
+        }
+    });
+    let all: Vec<&(ShareRoot, u8, Vec<u8>)> = batches.iter().flatten().collect();
+    let total: u64 = all.iter().map(|(_, _, d)| d.len() as u64 + 3).sum();
+    assert_eq!(usage(&f).used_bytes, total);
+    let sizes: Vec<u64> = packs()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes.len(),
+        3,
+        "43 MB fill two packs of 16 MiB and part of a third"
+    );
+    assert_eq!(sizes.iter().sum::<u64>(), total);
+    for (root, index, data) in &all {
+        assert_eq!(
+            &f.store.get(root, *index, None).unwrap().unwrap().data,
+            data
+        );
+    }
+    assert_eq!(f.share_files(), Some(0));
+
+    // A batch cut off between its write and its commit leaves unnamed bytes at the end.
+    let last = packs().pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[7u8; 5000]).unwrap();
+    drop(file);
+    let Fixture { store, dir: tmp } = f;
+    drop(store);
+    let store = DiskStore::open(&dir, 1 << 30).unwrap();
+    assert_eq!(store.recovery(), &RecoveryReport::default());
+    assert_eq!(store.usage().unwrap().used_bytes, total);
+    // After a reopen, a batch starts a pack of its own.
+    let more: Vec<(ShareRoot, u8, Vec<u8>)> = (0..2)
+        .map(|i| (root(200 + i), i, bytes(500 + u64::from(i), 100_000)))
+        .collect();
+    assert!(
+        store
+            .put_many(&items(&more, b"h"), lease(1, 10))
+            .into_iter()
+            .all(|r| r.unwrap() == PutOutcome::Stored)
+    );
+    assert_eq!(packs().len(), 4);
+    // The open pack goes with its last share, and the next batch starts another.
+    for (root, index, _) in &more {
+        assert!(store.remove(root, *index).unwrap());
+    }
+    assert_eq!(packs().len(), 3);
+    assert!(
+        store
+            .put_many(&items(&more, b"h"), lease(1, 10))
+            .into_iter()
+            .all(|r| r.unwrap() == PutOutcome::Stored)
+    );
+    assert_eq!(packs().len(), 4);
+    for (root, index, data) in &more {
+        assert_eq!(&store.get(root, *index, None).unwrap().unwrap().data, data);
+    }
+    for (root, index, _) in &all {
+        assert!(store.remove(root, *index).unwrap());
+    }
+    assert_eq!(packs().len(), 1, "full packs go with their last share");
+    drop(store);
+    drop(tmp);
+}
+
 #[test]
 fn damaged_pack_is_corrupt_then_dropped_at_open_disk() {
     let f = Fixture::disk(CAPACITY);

@@ -3,7 +3,8 @@
 //! Layout: `shares/<hh>/<root hex>.<index>` where `hh` is the root's first byte in hex and
 //! `index` is decimal. A file being written is named `.tmp.<root hex>.<index>.<n>` in the same
 //! directory; anything with that prefix is garbage at open. Packs are `packs/<id>.pack`, with
-//! the id as 16 hex digits, written as `packs/.tmp.<id>.pack` first.
+//! the id as 16 hex digits, appended to in place (see `packs.rs`); a `packs/.tmp.*` file, left
+//! by format 2 stores before packs were appended to, is garbage too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -138,17 +139,6 @@ pub(super) fn pack_file_name(id: u64) -> String {
 pub(super) fn parse_pack_file_name(name: &str) -> Option<u64> {
     let id = u64::from_str_radix(name.strip_suffix(".pack")?, 16).ok()?;
     (pack_file_name(id) == name).then_some(id)
-}
-
-/// Writes pack `id` crash-safely, as [`write_share_file`] writes a share.
-pub(super) fn write_pack_file(
-    packs_dir: &Path,
-    id: u64,
-    data: &[u8],
-) -> Result<PathBuf, StoreError> {
-    let path = packs_dir.join(pack_file_name(id));
-    let tmp = packs_dir.join(format!("{TMP_PREFIX}{}", pack_file_name(id)));
-    write_durably(packs_dir, path, tmp, data)
 }
 
 /// Reads a packed share: the `header_len` bytes of its header at `offset`, and `range` of the
