@@ -1170,7 +1170,12 @@ impl Shared {
 
     async fn opendir(&self, ino: u64) -> Result<u64, NodeError> {
         let cap = self.dir_cap(ino).await?;
-        let listing = self.listing(&cap).await?;
+        let mut listing = self.listing(&cap).await?;
+        if self.linked_but_unlisted(ino, &listing) {
+            // As in `lookup`: the listing was cached before a file's link.
+            self.forget_listing(&cap);
+            listing = self.listing(&cap).await?;
+        }
         let parent = locked(&self.inodes).get(ino).map_or(ROOT, |i| i.parent);
         let mut entries = vec![
             (ino, FileType::Directory, ".".to_owned()),
@@ -1195,6 +1200,24 @@ impl Shared {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         locked(&self.handles).insert(fh, Handle::Dir { entries });
         Ok(fh)
+    }
+
+    /// Whether a file of directory `ino` whose staged copy is linked is missing from `listing`.
+    fn linked_but_unlisted(&self, ino: u64, listing: &LsReport) -> bool {
+        let children = locked(&self.inodes).children(ino);
+        let linked: Vec<String> = {
+            let staged = locked(&self.staged);
+            children
+                .into_iter()
+                .filter(|(_, child)| staged.get(child).is_some_and(|s| !s.unlinked()))
+                .map(|(name, _)| name)
+                .collect()
+        };
+        if linked.is_empty() {
+            return false;
+        }
+        let listed: HashSet<&str> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+        linked.iter().any(|name| !listed.contains(name.as_str()))
     }
 
     /// The grid's space in bytes of files, total and free: the storage nodes' raw share bytes
