@@ -132,6 +132,12 @@ fn items<'a>(shares: &'a [(ShareRoot, u8, Vec<u8>)], header: &'a [u8]) -> Vec<Pu
         .collect()
 }
 
+/// Puts `shares` in one batch and checks that each was stored anew.
+fn put_all_new(store: &dyn ShareStore, shares: &[(ShareRoot, u8, Vec<u8>)], header: &[u8]) {
+    let out = store.put_many(&items(shares, header), lease(1, 10));
+    assert!(out.into_iter().all(|r| r.unwrap() == PutOutcome::Stored));
+}
+
 fn put_many_stores_like_put(f: Fixture) {
     let s = &f.store;
     s.put(&root(1), 0, b"hdr", &bytes(100, 10), lease(1, 10))
@@ -346,12 +352,7 @@ fn put_many_packs_small_shares_and_drops_the_pack_with_its_last_share_disk() {
     let more: Vec<(ShareRoot, u8, Vec<u8>)> = (0..4)
         .map(|i| (root(100 + i), 0, bytes(u64::from(i), 100)))
         .collect();
-    assert!(
-        store
-            .put_many(&items(&more, b"h"), lease(1, 10))
-            .into_iter()
-            .all(|r| r.unwrap() == PutOutcome::Stored)
-    );
+    put_all_new(&store, &more, b"h");
     assert_eq!(packs(), 1);
     drop(store);
     drop(tmp);
@@ -391,8 +392,7 @@ fn batches_append_to_the_open_pack_until_it_is_full_disk() {
             let store = &f.store;
             scope.spawn(move || {
                 for batch in thread {
-                    let out = store.put_many(&items(batch, b"hdr"), lease(1, 10));
-                    assert!(out.into_iter().all(|r| r.unwrap() == PutOutcome::Stored));
+                    put_all_new(store.as_ref(), batch, b"hdr");
                 }
             });
         }
@@ -435,24 +435,14 @@ fn batches_append_to_the_open_pack_until_it_is_full_disk() {
     let more: Vec<(ShareRoot, u8, Vec<u8>)> = (0..2)
         .map(|i| (root(200 + i), i, bytes(500 + u64::from(i), 100_000)))
         .collect();
-    assert!(
-        store
-            .put_many(&items(&more, b"h"), lease(1, 10))
-            .into_iter()
-            .all(|r| r.unwrap() == PutOutcome::Stored)
-    );
+    put_all_new(&store, &more, b"h");
     assert_eq!(packs().len(), 4);
     // The open pack goes with its last share, and the next batch starts another.
     for (root, index, _) in &more {
         assert!(store.remove(root, *index).unwrap());
     }
     assert_eq!(packs().len(), 3);
-    assert!(
-        store
-            .put_many(&items(&more, b"h"), lease(1, 10))
-            .into_iter()
-            .all(|r| r.unwrap() == PutOutcome::Stored)
-    );
+    put_all_new(&store, &more, b"h");
     assert_eq!(packs().len(), 4);
     for (root, index, data) in &more {
         assert_eq!(&store.get(root, *index, None).unwrap().unwrap().data, data);
