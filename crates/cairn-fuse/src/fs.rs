@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     /// Mode and mtime of the mount's root set through this mount (kept for the mount's life:
     /// the root has no entry to hold them).
     dir_meta: Mutex<HashMap<u64, Meta>>,
+    /// Where this node keeps the metadata of the mount's root (which has no entry on the grid).
+    root_meta_path: PathBuf,
     watched: Mutex<HashSet<SlotId>>,
     pub(crate) notifier: OnceLock<Notifier>,
     pub(crate) stats: Arc<UploadStats>,
@@ -240,6 +242,18 @@ impl Shared {
     ) -> Shared {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(node.dir().root()).ok();
+        let root_meta_path = node
+            .dir()
+            .root()
+            .join("mounts")
+            .join(format!("{}.json", root.slot()));
+        let mut dir_meta = HashMap::new();
+        if let Some(meta) = std::fs::read(&root_meta_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Meta>(&bytes).ok())
+        {
+            dir_meta.insert(ROOT, meta);
+        }
         Shared {
             read_only: root.write_cap().is_none(),
             uid: owner.as_ref().map_or(0, |m| m.uid()),
@@ -253,7 +267,8 @@ impl Shared {
             listings: Mutex::new(HashMap::new()),
             listing_generation: AtomicU64::new(0),
             upload_wake: tokio::sync::Notify::new(),
-            dir_meta: Mutex::new(HashMap::new()),
+            dir_meta: Mutex::new(dir_meta),
+            root_meta_path,
             watched: Mutex::new(HashSet::new()),
             notifier: OnceLock::new(),
             stats,
@@ -419,13 +434,26 @@ impl Shared {
         }
     }
 
-    /// What the mount's root shows: as set through this mount, else 0755 since the mount.
+    /// What the mount's root shows: as last set through a mount of it on this node, else 0755
+    /// since the mount.
     fn root_meta(&self) -> Meta {
         locked(&self.dir_meta).get(&ROOT).copied().unwrap_or(Meta {
             mode: 0o755,
             mtime_ns: ns_of_time(self.mounted_at),
             ..Default::default()
         })
+    }
+
+    /// Writes the root's metadata where the next mount of the same directory finds it.
+    fn keep_root_meta(&self, meta: &Meta) -> Result<(), NodeError> {
+        let path = &self.root_meta_path;
+        let bytes = serde_json::to_vec(meta).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let tmp = path.with_extension("tmp");
+        path.parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, &bytes))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| NodeError::io(path, e))
     }
 
     fn root_attr(&self) -> FileAttr {
@@ -994,7 +1022,8 @@ impl Shared {
                     return Err(NodeError::IsADirectory(String::new()));
                 }
                 if ino == ROOT {
-                    // The mount's root has no entry to keep it in: it holds for the mount's life.
+                    // The mount's root has no entry to keep it in: this node keeps it.
+                    self.keep_root_meta(&meta)?;
                     locked(&self.dir_meta).insert(ROOT, meta);
                 } else if meta != current {
                     self.set_entry_meta(ino, meta).await?;

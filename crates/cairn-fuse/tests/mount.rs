@@ -281,6 +281,16 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
         .await;
         assert!(node.ls("/other").await.is_err());
 
+        // The root has no entry on the grid: this node keeps its mode for the next mount.
+        let m2 = m.clone();
+        blocking(move || fs::set_permissions(&m2, fs::Permissions::from_mode(0o700)).unwrap())
+            .await;
+        mounts.unmount_at(&m).await.unwrap();
+        assert!(!cairn_fuse::is_mount_point(&m));
+        mounts.mount_at(&m, None).await.unwrap();
+        let m2 = m.clone();
+        let mode = blocking(move || fs::metadata(&m2).unwrap().permissions().mode() & 0o7777).await;
+        assert_eq!(mode, 0o700);
         mounts.unmount_at(&m).await.unwrap();
         assert!(!cairn_fuse::is_mount_point(&m));
         grid.shutdown().await;
