@@ -138,8 +138,8 @@ pub(crate) struct Shared {
     listing_generation: AtomicU64,
     /// Wakes the background uploader (a file was closed).
     upload_wake: tokio::sync::Notify,
-    /// Mode and mtime of the mount's root set through this mount (kept for the mount's life:
-    /// the root has no entry to hold them).
+    /// Mode and mtime of the mount's root, as last set on this node (the root has no entry to
+    /// hold them; `root_meta_path` keeps them across mounts).
     dir_meta: Mutex<HashMap<u64, Meta>>,
     /// Where this node keeps the metadata of the mount's root (which has no entry on the grid).
     root_meta_path: PathBuf,
