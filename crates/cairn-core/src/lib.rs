@@ -24,6 +24,7 @@ pub mod erasure;
 pub mod id;
 pub mod manifest;
 pub mod placement;
+pub mod rechunk;
 pub mod wire;
 
 pub use cap::{
