@@ -245,7 +245,7 @@ mod tests {
             &base,
             &new,
             base.len() as u64,
-            vec![at as u64..at as u64 + 4096],
+            std::iter::once(at as u64..at as u64 + 4096).collect(),
         );
         assert_eq!(out, chunks(&new));
         assert!(
@@ -280,7 +280,7 @@ mod tests {
         let changes = Changes {
             len: base.len() as u64 + 10,
             retained: base.len() as u64,
-            changed: vec![0..1],
+            changed: std::iter::once(0..1).collect(),
         };
         let result: Result<Vec<_>, _> =
             Rechunk::new(&lens, changes, |at| &base[at as usize..]).collect();
