@@ -12,19 +12,27 @@
 //! one in rank order, preferring members that hold no share of the chunk yet. The put fails when
 //! a chunk's shares land on fewer than `happy` distinct members.
 //!
+//! A new version of a file that differs from the one it was opened from in a few places:
+//! [`Node::put_patched`] keeps the base's chunks that the changes leave alone and chunks,
+//! seals and sends only the bytes around the changes (see [`cairn_core::rechunk`]). The result
+//! is the readcap a whole put of the new bytes would give.
+//!
 //! Many small files: [`Node::put_many`] seals each file the same way (same caps), then sends
 //! the whole batch's shares with one dedup query and a few [`Request::PutShares`] per holder,
 //! instead of two requests per share; each holder stores a request's shares in one commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::cap::{Cap, INLINE_LIMIT, LiteralCap, ReadCap};
-use cairn_core::chunk::{Chunker, KeyMode, seal_chunk};
+use cairn_core::chunk::{Chunker, KeyMode, SealedChunk, seal_chunk};
+use cairn_core::crypto::ChunkKey;
 use cairn_core::erasure::encode_blob;
 use cairn_core::id::{NodeId, ShareRoot};
 use cairn_core::manifest::{ChunkRef, ManifestBuilder};
+use cairn_core::rechunk::{Changes, Rechunk, Step};
 use cairn_core::wire::{
     MAX_FRAME, MAX_HELD_QUERY, MAX_SHARE_BATCH, PutAnswer, Request, Response, ShareItem,
 };
@@ -36,6 +44,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::NodeError;
 use crate::node::{Inner, Member, Node};
+use crate::read::FileReader;
 
 /// Raw chunks waiting to be sealed.
 const CHUNKS_QUEUED: usize = 2;
@@ -90,6 +99,20 @@ struct Sent {
     data: Vec<u8>,
 }
 
+/// One chunk of a file being put, in file order.
+enum Piece {
+    /// Bytes to seal and send.
+    New(Vec<u8>),
+    /// A chunk already on the grid (from the file's base), with its key.
+    Kept(ChunkRef, ChunkKey),
+}
+
+/// A [`Piece`] after sealing.
+enum SealedPiece {
+    New(SealedChunk),
+    Kept(ChunkRef, ChunkKey),
+}
+
 #[derive(Default)]
 struct PutStats {
     shares_sent: AtomicU64,
@@ -129,21 +152,58 @@ impl Node {
     where
         R: std::io::Read + Send + 'static,
     {
-        let report = self.put_stream(reader, options).await?;
+        let pieces = Chunker::new(reader).map(|chunk| chunk.map(Piece::New));
+        let report = self.put_stream(pieces, options).await?;
         self.inner.activity.put(report.size);
         Ok(report)
     }
 
-    async fn put_stream<R>(&self, reader: R, options: PutOptions) -> Result<PutReport, NodeError>
+    /// Stores a new version of the file `base` whose bytes differ from it only as `changes`
+    /// says, and returns its readcap: the one [`put_blocking`](Self::put_blocking) of the whole
+    /// new file would give. `open_at(offset)` reads the new file from `offset` (on a blocking
+    /// thread); only the bytes around the changes are read, sealed and sent. A literal base,
+    /// or a private put (whose chunks must not be the base's convergent ones), puts the whole
+    /// file.
+    pub async fn put_patched<F, R>(
+        &self,
+        base: &FileReader,
+        changes: Changes,
+        mut open_at: F,
+        options: PutOptions,
+    ) -> Result<PutReport, NodeError>
     where
-        R: std::io::Read + Send + 'static,
+        F: FnMut(u64) -> R + Send + 'static,
+        R: Read + Send + 'static,
+    {
+        let spans = base.chunk_list();
+        if spans.is_empty() || options.private {
+            let len = changes.len;
+            return self.put_blocking(open_at(0).take(len), options).await;
+        }
+        let lens: Vec<u32> = spans.iter().map(|(chunk, _)| chunk.plain_len).collect();
+        let pieces = Rechunk::new(&lens, changes, open_at).map(move |step| {
+            step.map(|step| match step {
+                Step::Kept(i) => Piece::Kept(spans[i].0, spans[i].1.clone()),
+                Step::New(chunk) => Piece::New(chunk),
+            })
+        });
+        let report = self.put_stream(pieces, options).await?;
+        self.inner.activity.put(report.size);
+        Ok(report)
+    }
+
+    /// Seals and places the chunks `pieces` yields (on a blocking thread) and stores their
+    /// manifest.
+    async fn put_stream<I>(&self, pieces: I, options: PutOptions) -> Result<PutReport, NodeError>
+    where
+        I: Iterator<Item = Result<Piece, cairn_core::CoreError>> + Send + 'static,
     {
         let inner = self.inner.clone();
         let encoding = inner.grid.encoding;
-        let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, NodeError>>(CHUNKS_QUEUED);
+        let (tx, mut rx) = mpsc::channel::<Result<Piece, NodeError>>(CHUNKS_QUEUED);
         let chunker = tokio::task::spawn_blocking(move || {
-            for chunk in Chunker::new(reader) {
-                let item = chunk.map_err(|e| NodeError::Aborted(e.to_string()));
+            for piece in pieces {
+                let item = piece.map_err(|e| NodeError::Aborted(e.to_string()));
                 let stop = item.is_err();
                 if tx.blocking_send(item).is_err() || stop {
                     return;
@@ -153,11 +213,19 @@ impl Node {
         // Tiny files live inside their cap. Every chunk but the last is at least MIN_CHUNK
         // long, so a first chunk that small is the whole file.
         let first = rx.recv().await.transpose()?;
-        if first.as_ref().is_none_or(|c| c.len() <= INLINE_LIMIT) {
+        let tiny = match &first {
+            None => true,
+            Some(Piece::New(chunk)) => chunk.len() <= INLINE_LIMIT,
+            Some(Piece::Kept(..)) => false,
+        };
+        if tiny {
             chunker
                 .await
                 .map_err(|e| NodeError::Control(e.to_string()))?;
-            let data = first.unwrap_or_default();
+            let data = match first {
+                Some(Piece::New(chunk)) => chunk,
+                _ => Vec::new(),
+            };
             let size = data.len() as u64;
             return Ok(PutReport {
                 cap: Cap::Literal(LiteralCap { data }).to_string(),
@@ -173,11 +241,14 @@ impl Node {
             .chain(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         let secret = inner.keys.convergence.clone();
         let sealed = raw_chunks
-            .map(|chunk| {
+            .map(|piece| {
                 let secret = secret.clone();
                 let blocks = options.cache.then(|| inner.blocks.clone());
                 async move {
-                    let chunk = chunk?;
+                    let chunk = match piece? {
+                        Piece::New(chunk) => chunk,
+                        Piece::Kept(chunk, key) => return Ok(SealedPiece::Kept(chunk, key)),
+                    };
                     tokio::task::spawn_blocking(move || {
                         let mode = if options.private {
                             KeyMode::Private
@@ -188,7 +259,7 @@ impl Node {
                         if let Some(blocks) = blocks {
                             keep_written(&blocks, &sealed.root, &chunk);
                         }
-                        Ok::<_, NodeError>(sealed)
+                        Ok::<_, NodeError>(SealedPiece::New(sealed))
                     })
                     .await
                     .map_err(|e| NodeError::Control(e.to_string()))?
@@ -205,7 +276,13 @@ impl Node {
                     let mut refs = Vec::with_capacity(group.len());
                     let mut blobs = Vec::with_capacity(group.len());
                     for sealed in group {
-                        let sealed = sealed?;
+                        let sealed = match sealed? {
+                            SealedPiece::New(sealed) => sealed,
+                            SealedPiece::Kept(chunk, key) => {
+                                refs.push((chunk, key));
+                                continue;
+                            }
+                        };
                         refs.push((
                             ChunkRef {
                                 root: sealed.root,
@@ -220,8 +297,10 @@ impl Node {
                             shares: sealed.shares,
                         });
                     }
-                    let placed = inner.place_many(blobs, std::slice::from_ref(&*stats)).await;
-                    placed.into_iter().try_for_each(|p| p)?;
+                    if !blobs.is_empty() {
+                        let placed = inner.place_many(blobs, std::slice::from_ref(&*stats)).await;
+                        placed.into_iter().try_for_each(|p| p)?;
+                    }
                     Ok::<_, NodeError>(refs)
                 }
             })

@@ -130,6 +130,14 @@ impl FileReader {
         }
     }
 
+    /// The file's chunks and their keys, in order (none for a literal file).
+    pub(crate) fn chunk_list(&self) -> Vec<(ChunkRef, ChunkKey)> {
+        match &self.source {
+            Source::Literal(_) => Vec::new(),
+            Source::Chunks(c) => c.spans.iter().map(|s| (s.chunk, s.key.clone())).collect(),
+        }
+    }
+
     /// How many chunks the file has (0 for a literal or empty file).
     pub fn chunk_count(&self) -> usize {
         match &self.source {

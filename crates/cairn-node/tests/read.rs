@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use cairn_core::cap::Cap;
+use cairn_core::rechunk::Changes;
 use cairn_node::{Node, PutOptions};
 use cairn_testkit::{TestGrid, random_bytes};
 
@@ -154,6 +155,71 @@ async fn reads_go_on_with_two_holders_down_and_literals_need_no_grid() {
             .await
             .expect_err("verify cap");
         assert!(err.to_string().contains("verify"), "{err}");
+        grid.shutdown().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patched_put_sends_only_the_chunks_around_the_changes() {
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0);
+        let (data, cap) = put_random(node, 21, 24 << 20).await;
+        let base = node.open_file(&cap).await.expect("open");
+
+        // A 4 KiB overwrite in the middle and 100 KB appended.
+        let mut new = data.clone();
+        let mid = new.len() / 2;
+        new[mid..mid + 4096].copy_from_slice(&random_bytes(22, 4096));
+        new.extend_from_slice(&random_bytes(23, 100_000));
+        let changes = Changes {
+            len: new.len() as u64,
+            retained: data.len() as u64,
+            changed: std::iter::once(mid as u64..mid as u64 + 4096).collect(),
+        };
+        let shared = bytes::Bytes::from(new.clone());
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = opened.clone();
+        let open_at = move |at: u64| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut reader = std::io::Cursor::new(shared.clone());
+            reader.set_position(at);
+            reader
+        };
+        let patched = node
+            .put_patched(&base, changes, open_at, PutOptions::default())
+            .await
+            .expect("patched put");
+        assert_eq!(
+            opened.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "two runs of changed chunks"
+        );
+        // At most two chunks around the overwrite and the last one or two, each 5/3 of at
+        // most 4 MiB, plus the manifest: far less than the file's 40 MiB of shares.
+        assert!(
+            patched.bytes_sent < 4 * (4 << 20) * 5 / 3 + (1 << 20),
+            "sent {} bytes",
+            patched.bytes_sent
+        );
+
+        // The same cap as putting the whole new file, which finds every share in place.
+        let whole = node
+            .put(std::io::Cursor::new(new.clone()), PutOptions::default())
+            .await
+            .expect("whole put");
+        assert_eq!(patched.cap, whole.cap);
+        assert_eq!(patched.chunks, whole.chunks);
+        assert_eq!(
+            whole.shares_sent, 0,
+            "every share was placed by the patched put"
+        );
+        let cap: Cap = patched.cap.parse().expect("cap");
+        let reader = grid.node(2).open_file(&cap).await.expect("open");
+        let got = reader.read_at(0, new.len()).await.expect("read");
+        assert!(got[..] == new[..], "reads back as the new bytes");
         grid.shutdown().await;
     })
     .await
