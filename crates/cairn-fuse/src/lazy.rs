@@ -3,9 +3,11 @@
 //! Opening an existing file for writing does not copy it: its staging file starts sparse at the
 //! file's size, and the file it started from (its base) stays on the grid. The file is cut into
 //! blocks of [`FILL_BLOCK`] bytes. A read of a block nobody wrote comes from the base; a write
-//! into such a block first fills it (fetches the base's bytes into the staging file); an upload
-//! fills every block left. So an open costs nothing, and a write costs a fetch of the blocks it
-//! touches.
+//! into such a block first fills it (fetches the base's bytes into the staging file). An upload
+//! keeps the base's chunks that no filled block touches and fills only the blocks the chunks
+//! around the written ones need ([`Lazy::changes`], `Node::put_patched`). So an open costs
+//! nothing, a write costs a fetch of the blocks it touches, and an upload the chunks near
+//! them.
 //!
 //! Which blocks are filled is appended to `<id>.fills` (one little-endian u64 per block, written
 //! after the block's bytes), so a restart after a crash fills the others from the base (named
@@ -18,6 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cairn_core::rechunk::Changes;
 use cairn_node::{FileReader, NodeError};
 
 /// Bytes per block of a base (fetched whole when any of it is written).
@@ -89,6 +92,32 @@ impl Lazy {
 
     fn state(&self) -> std::sync::MutexGuard<'_, LazyState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file the staged one started from.
+    pub(crate) fn base(&self) -> &FileReader {
+        &self.reader
+    }
+
+    /// How a staged file of `len` bytes differs from the base: in its filled blocks (each may
+    /// have been written) and past the base's bytes still in it.
+    pub(crate) fn changes(&self, len: u64) -> Changes {
+        let state = self.state();
+        let changed = state
+            .filled
+            .iter()
+            .enumerate()
+            .filter(|(_, filled)| **filled)
+            .map(|(block, _)| {
+                let start = block as u64 * FILL_BLOCK;
+                start..(start + FILL_BLOCK).min(state.len)
+            })
+            .collect();
+        Changes {
+            len,
+            retained: state.len,
+            changed,
+        }
     }
 
     /// The base's bytes still in the file.

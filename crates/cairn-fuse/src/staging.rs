@@ -6,7 +6,9 @@
 //! directory's cap) records where the file belongs; it is written to a temporary name and
 //! renamed, so it is whole or absent. An upload puts the file with [`Node::put`] (many small
 //! files at once with [`Node::put_many`], see [`upload_batch`]) and links its entry; the
-//! journal entry goes once the upload is linked.
+//! journal entry goes once the upload is linked. A file opened from an existing one is put
+//! with [`Node::put_patched`]: only the chunks around the blocks written are read, sealed and
+//! sent, and the blocks nobody wrote stay on the grid.
 //!
 //! A file written from its start without a gap (`cp`, `dd`, a download) streams: once it is
 //! [`STREAM_AFTER`] long, a put starts that reads the staging file as it grows, so the upload
@@ -31,7 +33,7 @@ use cairn_node::{FileReader, Node, NodeError, PutOptions, PutReport};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::lazy::{Lazy, read_full};
+use crate::lazy::{FILL_BLOCK, Lazy, read_full};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -120,7 +122,7 @@ pub(crate) struct StagedState {
 pub(crate) struct Staged {
     file: File,
     /// The blocks still on the grid, for a file opened for writing without truncation.
-    lazy: Option<Lazy>,
+    lazy: Option<Arc<Lazy>>,
     data_path: PathBuf,
     journal_path: PathBuf,
     pub(crate) state: Mutex<StagedState>,
@@ -223,7 +225,7 @@ impl Staged {
                 file.set_len(len).map_err(io(&data_path))?;
                 let fills = dir.join(format!("{id:032x}.fills"));
                 let base = BaseRef { cap, len };
-                (Some(Lazy::new(reader, fills, len)), Some(base))
+                (Some(Arc::new(Lazy::new(reader, fills, len))), Some(base))
             }
             None => (None, None),
         };
@@ -523,7 +525,6 @@ impl Staged {
             let Some(location) = &begun.entry.location else {
                 return Ok(None);
             };
-            self.fill_all().await?;
             let streamed = match self.take_stream(self.len()) {
                 Some(put) => match put.await {
                     Ok(Ok(report)) => Some(report),
@@ -539,7 +540,7 @@ impl Staged {
                 Some(report) => report,
                 None => {
                     let reader = self.file.try_clone().map_err(io(&self.data_path))?;
-                    put_file(node, reader, &self.data_path).await?
+                    put_file(node, reader, &self.data_path, self.lazy.clone()).await?
                 }
             };
             link(node, location, &report.cap, &begun.entry).await?;
@@ -734,11 +735,55 @@ pub(crate) async fn upload_batch(
     results
 }
 
-/// Puts the bytes of `file` (read from its start).
-async fn put_file(node: &Node, mut file: File, path: &Path) -> Result<PutReport, NodeError> {
+/// Puts the staged bytes of `file`: the whole file, or with a base (`lazy`) only the chunks
+/// around the blocks written ([`Node::put_patched`]), the others fetched as the chunker reaches
+/// them.
+async fn put_file(
+    node: &Node,
+    mut file: File,
+    path: &Path,
+    lazy: Option<Arc<Lazy>>,
+) -> Result<PutReport, NodeError> {
     use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
-    node.put_blocking(file, PutOptions::default()).await
+    let Some(lazy) = lazy else {
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
+        return node.put_blocking(file, PutOptions::default()).await;
+    };
+    let len = file.metadata().map_err(io(path))?.len();
+    let changes = lazy.changes(len);
+    let base = lazy.base().clone();
+    let file = Arc::new(file);
+    let runtime = tokio::runtime::Handle::current();
+    let open_at = move |at| PatchReader {
+        lazy: lazy.clone(),
+        file: file.clone(),
+        at,
+        runtime: runtime.clone(),
+    };
+    node.put_patched(&base, changes, open_at, PutOptions::default())
+        .await
+}
+
+/// A staged file's bytes from some offset on, as a patched put reads them (on a blocking
+/// thread): blocks still on the grid are filled first, one block per read.
+struct PatchReader {
+    lazy: Arc<Lazy>,
+    file: Arc<File>,
+    at: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Read for PatchReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(FILL_BLOCK as usize);
+        let end = self.at + want as u64;
+        self.runtime
+            .block_on(self.lazy.fill(&self.file, self.at, end))
+            .map_err(std::io::Error::other)?;
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 async fn link(
@@ -815,13 +860,16 @@ pub(crate) async fn recover(node: &Node, dir: &Path, journals: Vec<PathBuf>) -> 
                     .write(true)
                     .open(&data_path)
                     .map_err(io(&data_path))?;
-                if let Some(base) = &entry.base {
+                let lazy = match &entry.base {
                     // Blocks never fetched are still on the grid, in the file it started from.
-                    let reader = node.open_file(&base.cap.parse()?).await?;
-                    let lazy = Lazy::new(reader, data_path.with_extension("fills"), base.len);
-                    lazy.fill(&file, 0, base.len).await?;
-                }
-                let report = put_file(node, file, &data_path).await?;
+                    Some(base) => {
+                        let reader = node.open_file(&base.cap.parse()?).await?;
+                        let fills = data_path.with_extension("fills");
+                        Some(Arc::new(Lazy::new(reader, fills, base.len)))
+                    }
+                    None => None,
+                };
+                let report = put_file(node, file, &data_path, lazy).await?;
                 link(node, location, &report.cap, &entry).await
             }
             .await;
@@ -863,9 +911,10 @@ mod tests {
     }
 
     /// A file opened for writing over an existing one, changed in one block, then left by a
-    /// crash: the restart fills the blocks never fetched from the file it started from.
+    /// crash: the restart uploads the new version, taking the blocks never fetched from the
+    /// file it started from.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_crash_after_a_write_into_a_large_file_uploads_it_whole_at_restart() {
+    async fn a_crash_after_a_write_into_a_large_file_uploads_the_new_version_at_restart() {
         let grid = TestGrid::start(5).await;
         let node = grid.node(0).clone();
         let original = random_bytes(3, 5 << 20 | 12_345);

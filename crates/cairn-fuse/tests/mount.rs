@@ -315,6 +315,11 @@ async fn a_small_overwrite_uploads_only_the_chunks_it_touches() {
         let (_, _, first_bytes) = mounts.upload_stats();
         assert!(first_bytes >= size as u64, "first upload sent {first_bytes}");
 
+        let received = || async {
+            let status = node.status().await.unwrap();
+            status.peers.iter().map(|p| p.received).sum::<u64>()
+        };
+        let received_before = received().await;
         let (m2, d3) = (m.clone(), data.clone());
         blocking(move || {
             let f = OpenOptions::new()
@@ -341,6 +346,10 @@ async fn a_small_overwrite_uploads_only_the_chunks_it_touches() {
         // At most the shares of the chunks around the write (up to 4 MiB each, 5/3 expansion)
         // and a manifest: far below the file.
         assert!(sent < 24 << 20, "sent {sent} bytes for a 4 KiB overwrite");
+        // Nor is the rest of the file fetched to upload it: only the chunks around the write
+        // are read (the base's others stay as they are on the grid).
+        let fetched = received().await - received_before;
+        assert!(fetched < 16 << 20, "fetched {fetched} bytes for a 4 KiB overwrite");
         let mut expected = data;
         expected[32 << 20..(32 << 20) + 4096].fill(0xAB);
         assert!(read_via(&node, "/large.bin").await == expected);
