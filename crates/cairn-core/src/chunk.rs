@@ -125,6 +125,18 @@ impl<R: Read> Iterator for Chunker<R> {
     }
 }
 
+/// The chunks of bytes already in memory, as slices of them: the cuts [`Chunker`] makes of
+/// the same bytes, with no read buffer and no copy (for the small files of a batch).
+pub fn chunk_slices(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    fastcdc::v2020::FastCDC::new(
+        data,
+        MIN_CHUNK as usize,
+        AVG_CHUNK as usize,
+        MAX_CHUNK as usize,
+    )
+    .map(move |chunk| &data[chunk.offset..chunk.offset + chunk.length])
+}
+
 /// How a chunk's key is chosen.
 #[derive(Debug, Clone, Copy)]
 pub enum KeyMode<'a> {
@@ -309,6 +321,8 @@ mod tests {
             .collect();
             prop_assert_eq!(ours.len(), reference.len());
             prop_assert!(ours == reference);
+            let slices: Vec<&[u8]> = chunk_slices(&data).collect();
+            prop_assert!(slices.iter().map(|s| s.to_vec()).eq(ours));
         }
     }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::cap::{Cap, INLINE_LIMIT, LiteralCap, ReadCap};
-use cairn_core::chunk::{Chunker, KeyMode, SealedChunk, seal_chunk};
+use cairn_core::chunk::{Chunker, KeyMode, SealedChunk, chunk_slices, seal_chunk};
 use cairn_core::crypto::ChunkKey;
 use cairn_core::erasure::encode_blob;
 use cairn_core::id::{NodeId, ShareRoot};
@@ -541,11 +541,10 @@ fn seal_file(
     let mut builder = ManifestBuilder::new();
     let mut chunks = 0u64;
     let first = blobs.len();
-    for chunk in Chunker::new(std::io::Cursor::new(data)) {
-        let chunk = chunk.map_err(|e| NodeError::Aborted(e.to_string()))?;
-        let sealed = seal_chunk(&chunk, mode(), rand::random, encoding)?;
+    for chunk in chunk_slices(data) {
+        let sealed = seal_chunk(chunk, mode(), rand::random, encoding)?;
         if options.cache {
-            keep_written(blocks, &sealed.root, &chunk);
+            keep_written(blocks, &sealed.root, chunk);
         }
         builder.push(
             ChunkRef {
