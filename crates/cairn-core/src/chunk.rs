@@ -211,18 +211,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            out.extend_from_slice(&seed.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::test_bytes::pseudo_random;
 
     #[test]
     fn chunker_empty_input_yields_nothing() {

@@ -25,6 +25,8 @@ pub mod id;
 pub mod manifest;
 pub mod placement;
 pub mod rechunk;
+#[cfg(test)]
+mod test_bytes;
 pub mod wire;
 
 pub use cap::{

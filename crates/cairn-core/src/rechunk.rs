@@ -185,18 +185,7 @@ mod tests {
 
     use super::*;
     use crate::chunk::MAX_CHUNK;
-
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            out.extend_from_slice(&seed.to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::test_bytes::pseudo_random;
 
     fn chunks(data: &[u8]) -> Vec<Vec<u8>> {
         Chunker::new(data)

@@ -1318,9 +1318,8 @@ impl CairnFs {
         let _runtime = self.runtime.enter();
         let mut fut = Box::pin(f(self.shared.clone()));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            fut.as_mut().poll(&mut cx)
-        }));
+        let first =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         match first {
             Ok(std::task::Poll::Ready(())) => {}
             Ok(std::task::Poll::Pending) => {
