@@ -4,7 +4,7 @@
 //! file's size, and the file it started from (its base) stays on the grid. The file is cut into
 //! blocks of [`FILL_BLOCK`] bytes. A read of a block nobody wrote comes from the base; a write
 //! into such a block first fills it (fetches the base's bytes into the staging file). An upload
-//! keeps the base's chunks that no filled block touches and fills only the blocks the chunks
+//! keeps the base's chunks that no written block touches and fills only the blocks the chunks
 //! around the written ones need ([`Lazy::changes`], `Node::put_patched`). So an open costs
 //! nothing, a write costs a fetch of the blocks it touches, and an upload the chunks near
 //! them.
@@ -49,6 +49,10 @@ struct LazyState {
     len: u64,
     /// Per block below `len`: whether the staging file holds it.
     filled: Vec<bool>,
+    /// Per block below `len`: whether it may differ from the base (written since the open, or
+    /// filled before a restart, which cannot tell). A block filled only to be read by an
+    /// upload's chunker is not, so later uploads do not re-chunk around it.
+    written: Vec<bool>,
 }
 
 impl LazyState {
@@ -82,10 +86,15 @@ impl Lazy {
                 }
             }
         }
+        let written = filled.clone();
         Lazy {
             reader,
             fills_path,
-            state: Mutex::new(LazyState { len, filled }),
+            state: Mutex::new(LazyState {
+                len,
+                filled,
+                written,
+            }),
             filling: tokio::sync::Mutex::new(()),
         }
     }
@@ -99,15 +108,15 @@ impl Lazy {
         &self.reader
     }
 
-    /// How a staged file of `len` bytes differs from the base: in its filled blocks (each may
-    /// have been written) and past the base's bytes still in it.
+    /// How a staged file of `len` bytes differs from the base: in the blocks written and past
+    /// the base's bytes still in it.
     pub(crate) fn changes(&self, len: u64) -> Changes {
         let state = self.state();
         let changed = state
-            .filled
+            .written
             .iter()
             .enumerate()
-            .filter(|(_, filled)| **filled)
+            .filter(|(_, written)| **written)
             .map(|(block, _)| {
                 let start = block as u64 * FILL_BLOCK;
                 start..(start + FILL_BLOCK).min(state.len)
@@ -131,6 +140,22 @@ impl Lazy {
         if size < state.len {
             state.len = size;
             state.filled.truncate(size.div_ceil(FILL_BLOCK) as usize);
+            state.written.truncate(size.div_ceil(FILL_BLOCK) as usize);
+        }
+    }
+
+    /// Notes a write of `[offset, end)` into the staging file: the base's blocks it touches
+    /// may differ from the base from now on.
+    pub(crate) fn note_written(&self, offset: u64, end: u64) {
+        let mut state = self.state();
+        let end = end.min(state.len);
+        if offset >= end {
+            return;
+        }
+        for block in offset / FILL_BLOCK..end.div_ceil(FILL_BLOCK) {
+            if let Some(w) = state.written.get_mut(block as usize) {
+                *w = true;
+            }
         }
     }
 

@@ -342,6 +342,9 @@ impl Staged {
         self.file
             .write_all_at(data, offset)
             .map_err(io(&self.data_path))?;
+        if let Some(lazy) = &self.lazy {
+            lazy.note_written(offset, offset + data.len() as u64);
+        }
         self.note_write(offset, data.len() as u64);
         Ok(())
     }
@@ -965,6 +968,72 @@ mod tests {
         expected[at..at + 4].copy_from_slice(b"NEW!");
         assert!(read_all(&node, "/big.bin").await == expected);
         assert_eq!(std::fs::read_dir(staging.path()).unwrap().count(), 0);
+        grid.shutdown().await;
+    }
+
+    /// An upload of a file opened over an existing one reads only the chunks around the block
+    /// written, and what it read counts as unchanged for the next upload: the changes stay the
+    /// blocks written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_over_a_base_rechunk_only_around_the_blocks_written() {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let original = random_bytes(4, 24 << 20);
+        let put = node
+            .put(
+                std::io::Cursor::new(original.clone()),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let cap: Cap = put.cap.parse().unwrap();
+        let content = Content::File {
+            file: FileRef::new(cap.clone()).unwrap(),
+            meta: Meta::default(),
+        };
+        node.link("/big.bin", content, false).await.unwrap();
+        let location = format!("{}/big.bin", node.share("/", true).await.unwrap());
+        let staging = tempfile::tempdir().unwrap();
+        let reader = node.open_file(&cap).await.unwrap();
+        let staged = Staged::create(
+            staging.path(),
+            location,
+            Meta::default(),
+            true,
+            Some((reader, cap.to_string())),
+            None,
+        )
+        .unwrap();
+        let mut expected = original;
+        let mut write = async |at: usize, bytes: &[u8]| {
+            staged.fill(at as u64, bytes.len() as u64).await.unwrap();
+            staged.write_at(bytes, at as u64).unwrap();
+            staged.mark_dirty(Some(7)).unwrap();
+            expected[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        let block = FILL_BLOCK as usize;
+        write(12 * block + 100, b"first").await;
+        staged.upload(&node).await.unwrap().unwrap();
+        let lazy = staged.lazy.clone().unwrap();
+        let filled = (0..24u64)
+            .filter(|b| !lazy.needs_fill(b * FILL_BLOCK, b * FILL_BLOCK + 1))
+            .count();
+        assert!(filled > 1, "the chunker read the blocks around the write");
+        assert!(filled < 12, "but not the file: {filled} blocks filled");
+        let changes = lazy.changes(staged.len());
+        assert_eq!(changes.changed, vec![12 * FILL_BLOCK..13 * FILL_BLOCK]);
+
+        write(3 * block, b"second").await;
+        staged.upload(&node).await.unwrap().unwrap();
+        assert!(read_all(&node, "/big.bin").await == expected);
+        let changes = lazy.changes(staged.len());
+        assert_eq!(
+            changes.changed,
+            vec![
+                3 * FILL_BLOCK..4 * FILL_BLOCK,
+                12 * FILL_BLOCK..13 * FILL_BLOCK
+            ]
+        );
         grid.shutdown().await;
     }
 
