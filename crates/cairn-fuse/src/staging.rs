@@ -913,17 +913,11 @@ mod tests {
         out
     }
 
-    /// A file opened for writing over an existing one, changed in one block, then left by a
-    /// crash: the restart uploads the new version, taking the blocks never fetched from the
-    /// file it started from.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_crash_after_a_write_into_a_large_file_uploads_the_new_version_at_restart() {
-        let grid = TestGrid::start(5).await;
-        let node = grid.node(0).clone();
-        let original = random_bytes(3, 5 << 20 | 12_345);
+    /// Links `original` at `/big.bin` and opens it for writing, staged in `staging`.
+    async fn staged_over(node: &Node, original: &[u8], staging: &Path) -> Staged {
         let put = node
             .put(
-                std::io::Cursor::new(original.clone()),
+                std::io::Cursor::new(original.to_vec()),
                 PutOptions::default(),
             )
             .await
@@ -935,18 +929,29 @@ mod tests {
         };
         node.link("/big.bin", content, false).await.unwrap();
         let location = format!("{}/big.bin", node.share("/", true).await.unwrap());
+        let reader = node.open_file(&cap).await.unwrap();
+        Staged::create(
+            staging,
+            location,
+            Meta::default(),
+            true,
+            Some((reader, cap.to_string())),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A file opened for writing over an existing one, changed in one block, then left by a
+    /// crash: the restart uploads the new version, taking the blocks never fetched from the
+    /// file it started from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_after_a_write_into_a_large_file_uploads_the_new_version_at_restart() {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        let original = random_bytes(3, 5 << 20 | 12_345);
         let staging = tempfile::tempdir().unwrap();
         {
-            let reader = node.open_file(&cap).await.unwrap();
-            let staged = Staged::create(
-                staging.path(),
-                location,
-                Meta::default(),
-                true,
-                Some((reader, cap.to_string())),
-                None,
-            )
-            .unwrap();
+            let staged = staged_over(&node, &original, staging.path()).await;
             // Reads before any write come from the grid.
             assert_eq!(
                 staged.read_at(3 << 20, 100).await.unwrap(),
@@ -979,31 +984,8 @@ mod tests {
         let grid = TestGrid::start(5).await;
         let node = grid.node(0).clone();
         let original = random_bytes(4, 24 << 20);
-        let put = node
-            .put(
-                std::io::Cursor::new(original.clone()),
-                PutOptions::default(),
-            )
-            .await
-            .unwrap();
-        let cap: Cap = put.cap.parse().unwrap();
-        let content = Content::File {
-            file: FileRef::new(cap.clone()).unwrap(),
-            meta: Meta::default(),
-        };
-        node.link("/big.bin", content, false).await.unwrap();
-        let location = format!("{}/big.bin", node.share("/", true).await.unwrap());
         let staging = tempfile::tempdir().unwrap();
-        let reader = node.open_file(&cap).await.unwrap();
-        let staged = Staged::create(
-            staging.path(),
-            location,
-            Meta::default(),
-            true,
-            Some((reader, cap.to_string())),
-            None,
-        )
-        .unwrap();
+        let staged = staged_over(&node, &original, staging.path()).await;
         let mut expected = original;
         let mut write = async |at: usize, bytes: &[u8]| {
             staged.fill(at as u64, bytes.len() as u64).await.unwrap();
