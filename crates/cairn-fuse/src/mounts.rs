@@ -173,6 +173,15 @@ impl Mounts {
         let mountpoint = mountpoint
             .canonicalize()
             .map_err(|e| NodeError::io(mountpoint, e))?;
+        // A mount unmounted by hand (`umount`) is gone from the kernel at once but ends here
+        // only once its last uploads are done: a new mount of the same point waits for that.
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        while !is_mount_point(&mountpoint)
+            && locked(&self.active).contains_key(&mountpoint)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if locked(&self.active).contains_key(&mountpoint) || is_mount_point(&mountpoint) {
             return Err(NodeError::Invalid(format!(
                 "{}: already a mount point",
