@@ -79,7 +79,7 @@ use tracing::{debug, warn};
 
 use self::commit::{GroupCommit, KeyLocks};
 use self::files::ReadFailure;
-use self::packs::Packs;
+use self::packs::{PackBuf, Packs};
 use self::record::{HeaderRecord, Location, ShareRecord};
 use crate::store::{merge_lease, resolve_range};
 use crate::{PutItem, PutOutcome, ShareStore, StoreError, StoreUsage, StoredShare};
@@ -611,7 +611,7 @@ impl DiskStore {
             .filter(|item| packs(item.data))
             .map(|item| item.header.len() + item.data.len())
             .sum();
-        let mut pack_bytes: Vec<u8> = Vec::with_capacity(pack_room);
+        let mut pack_bytes = PackBuf::with_capacity(pack_room);
         let mut packed: Vec<(usize, ShareKey, u64, u64)> = Vec::new();
         for (i, key, has_header) in new {
             let item = &items[i];
@@ -630,8 +630,8 @@ impl DiskStore {
             available -= needed;
             if packs {
                 packed.push((i, key, pack_bytes.len() as u64, needed));
-                pack_bytes.extend_from_slice(item.header);
-                pack_bytes.extend_from_slice(item.data);
+                pack_bytes.extend(item.header);
+                pack_bytes.extend(item.data);
                 continue;
             }
             let (inline, file) = if item.data.len() <= INLINE_MAX {
@@ -662,7 +662,7 @@ impl DiskStore {
             let written = self.packs.reserve(pack_bytes.len() as u64).and_then(|r| {
                 let done = self
                     .packs
-                    .write(&r, &pack_bytes)
+                    .write(&r, &mut pack_bytes)
                     .map_err(|e| StoreError::io(&self.packs_dir, e));
                 room = Some(r);
                 done

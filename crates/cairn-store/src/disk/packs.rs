@@ -6,6 +6,11 @@
 //! instead of one per batch: creating a file costs an inode, a rename and two fsyncs, and on
 //! ext4 without a journal each new inode is found by scanning past recently deleted ones.
 //!
+//! A batch of at least [`DIRECT_MIN`] bytes is written with direct I/O where the file system
+//! takes it: a holder's shares are written once and read rarely, so they need not fill the
+//! page cache (evicting what the machine's owner uses), and the write skips the copy into it.
+//! Such a batch's room starts at a multiple of [`ALIGN`] and is padded to one.
+//!
 //! A pack file is deleted once no record names it and no batch has room reserved in it; the
 //! open pack too, after which the next batch starts a new one. Bytes of a batch whose commit
 //! failed stay in the pack as unnamed space until the pack goes.
@@ -13,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,6 +29,14 @@ use crate::StoreError;
 
 /// A pack takes appends until it holds this many bytes; the next batch then starts a new one.
 pub(super) const PACK_TARGET: u64 = 16 * 1024 * 1024;
+
+/// Batches at least this large are written with direct I/O (smaller ones would waste up to
+/// two [`ALIGN`] blocks of padding each).
+pub(super) const DIRECT_MIN: u64 = 256 * 1024;
+
+/// The alignment direct I/O needs of offsets, lengths and memory (the largest logical block
+/// size in common use).
+pub(super) const ALIGN: usize = 4096;
 
 /// The packs directory's open pack and the batches writing to packs.
 pub(super) struct Packs {
@@ -44,6 +57,8 @@ struct State {
 struct OpenPack {
     id: u64,
     file: Arc<File>,
+    /// The same file opened for direct I/O, where the file system allows it.
+    direct: Option<Arc<File>>,
     /// The end of the room reserved so far.
     len: u64,
 }
@@ -54,6 +69,54 @@ pub(super) struct Reservation {
     pub(super) id: u64,
     pub(super) offset: u64,
     file: Arc<File>,
+    /// Set when the room is aligned for a direct write.
+    direct: Option<Arc<File>>,
+}
+
+/// A batch's bytes, laid out so that direct I/O can write them: they start at an address
+/// aligned to [`ALIGN`], and [`Packs::write`] pads them with zeros to a multiple of it.
+pub(super) struct PackBuf {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl PackBuf {
+    /// An empty buffer with room for `len` bytes.
+    pub(super) fn with_capacity(len: usize) -> Self {
+        let mut buf: Vec<u8> = Vec::with_capacity(len + 2 * ALIGN);
+        let at = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+        buf.resize(at, 0);
+        PackBuf { buf, at, len: 0 }
+    }
+
+    /// Appends `bytes`.
+    pub(super) fn extend(&mut self, bytes: &[u8]) {
+        self.buf.truncate(self.at + self.len);
+        self.buf.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The bytes appended so far.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes appended so far.
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+
+    /// The bytes padded with zeros to a multiple of [`ALIGN`], if they still start at an
+    /// aligned address (a buffer that grew past its capacity may have moved).
+    fn padded(&mut self) -> Option<&[u8]> {
+        if self.buf[self.at..].as_ptr().align_offset(ALIGN) != 0 {
+            return None;
+        }
+        self.buf
+            .resize(self.at + self.len.next_multiple_of(ALIGN), 0);
+        Some(&self.buf[self.at..])
+    }
 }
 
 impl Packs {
@@ -81,7 +144,8 @@ impl Packs {
     }
 
     /// Reserves `len` bytes at the end of the open pack, starting a new pack (its directory
-    /// entry durable) when none is open or the open one is full.
+    /// entry durable) when none is open or the open one is full. A batch of [`DIRECT_MIN`]
+    /// bytes or more gets aligned room, for a direct write.
     pub(super) fn reserve(&self, len: u64) -> Result<Reservation, StoreError> {
         let mut state = self.lock();
         let state = &mut *state;
@@ -93,6 +157,14 @@ impl Packs {
                 .create_new(true)
                 .open(&path)
                 .map_err(|e| StoreError::io(&path, e))?;
+            // Not every file system takes direct I/O (tmpfs before Linux 6.6): then every
+            // batch is written through the page cache.
+            let direct = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .ok()
+                .map(Arc::new);
             state.next_id += 1;
             if let Err(e) = sync_dir(&self.dir) {
                 remove_quietly(&path);
@@ -101,25 +173,47 @@ impl Packs {
             state.open = Some(OpenPack {
                 id,
                 file: Arc::new(file),
+                direct,
                 len: 0,
             });
         }
         let Some(open) = state.open.as_mut() else {
             unreachable!("a pack was opened above");
         };
+        let direct = open.direct.as_ref().filter(|_| len >= DIRECT_MIN);
+        let align = ALIGN as u64;
+        let (offset, room) = match direct {
+            Some(_) => (
+                open.len.next_multiple_of(align),
+                len.next_multiple_of(align),
+            ),
+            None => (open.len, len),
+        };
         let reservation = Reservation {
             id: open.id,
-            offset: open.len,
+            offset,
             file: open.file.clone(),
+            direct: direct.cloned(),
         };
-        open.len += len;
+        open.len = offset + room;
         *state.writers.entry(open.id).or_default() += 1;
         Ok(reservation)
     }
 
     /// Writes a batch's bytes into its room and makes them durable.
-    pub(super) fn write(&self, room: &Reservation, data: &[u8]) -> io::Result<()> {
-        room.file.write_all_at(data, room.offset)?;
+    pub(super) fn write(&self, room: &Reservation, data: &mut PackBuf) -> io::Result<()> {
+        let direct = match (&room.direct, data.padded()) {
+            (Some(file), Some(padded)) => match file.write_all_at(padded, room.offset) {
+                Ok(()) => true,
+                // The file system refused this alignment: the page cache takes the batch.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+                Err(e) => return Err(e),
+            },
+            _ => false,
+        };
+        if !direct {
+            room.file.write_all_at(data.bytes(), room.offset)?;
+        }
         room.file.sync_data()
     }
 
