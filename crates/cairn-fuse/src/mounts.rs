@@ -12,7 +12,7 @@ use cairn_node::control::{MountFuture, Mounter};
 use cairn_node::{DirCap, Node, NodeError};
 use fuser::{Config, MountOption, SessionACL};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fs::{CairnFs, OP_TIMEOUT, Shared, UploadStats};
 use crate::staging;
@@ -53,21 +53,46 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Whether `path` is a mount point now (from `/proc/self/mountinfo`).
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+    mount_device(path).is_some()
+}
+
+/// The device (`major:minor`) of the mount at `path`, if `path` is a mount point now (the
+/// last mount there, as `/proc/self/mountinfo` lists them in mount order).
+fn mount_device(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = path.to_string_lossy();
-    info.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .map(|p| {
-                p.replace("\\040", " ")
-                    .replace("\\011", "\t")
-                    .replace("\\012", "\n")
-                    .replace("\\134", "\\")
-            })
-            .is_some_and(|p| p == wanted)
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let device = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        let point = point
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\");
+        (point == wanted).then(|| device.to_string())
     })
+}
+
+/// Sets the kernel's read-ahead for the mount at `path` to `kib` (its backing device's
+/// `read_ahead_kb`; FUSE itself cannot ask for more than 128 KiB). Needs root; without it the
+/// kernel's default stays, which only makes long sequential reads slower.
+fn set_read_ahead(path: &Path, kib: u32) {
+    if kib == 0 {
+        return;
+    }
+    let Some(device) = mount_device(path) else {
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{device}/read_ahead_kb"));
+    match std::fs::write(&knob, kib.to_string()) {
+        Ok(()) => debug!(mountpoint = %path.display(), kib, "kernel read-ahead set"),
+        Err(e) => debug!(
+            mountpoint = %path.display(),
+            error = %e,
+            "kernel read-ahead left at its default (setting it needs root)"
+        ),
+    }
 }
 
 /// Detaches whatever is mounted at `path` (lazily: open files keep it alive until closed).
@@ -263,6 +288,7 @@ impl Mounts {
             }
         };
         let _ = shared.notifier.set(session.notifier());
+        set_read_ahead(&mountpoint, self.node.config().mount_read_ahead_kib);
         let unmounter = Arc::new(Mutex::new(Some(session.unmount_callable())));
         let ended = Arc::new(tokio::sync::Notify::new());
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -8,7 +8,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -63,7 +63,6 @@ async fn read_via(node: &Node, location: &str) -> Vec<u8> {
 
 /// Whether the tests run as root (owner of `/proc/self`, without calling into libc).
 fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
@@ -79,6 +78,24 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
         let node = grid.node(0).clone();
         let base = tempfile::tempdir().unwrap();
         let (mounts, m) = mount(&node, base.path(), "m", None).await;
+
+        // The kernel reads ahead as far as the node's settings say (that takes root).
+        let dev = fs::metadata(&m).unwrap().dev();
+        let (major, minor) = (
+            ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+            (dev & 0xff) | ((dev >> 12) & !0xff),
+        );
+        let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+        if running_as_root() {
+            let kib = fs::read_to_string(&knob).unwrap();
+            assert_eq!(
+                kib.trim(),
+                node.config().mount_read_ahead_kib.to_string(),
+                "{knob}"
+            );
+        } else {
+            eprintln!("not root: the mount's read-ahead ({knob}) is left to the kernel");
+        }
 
         // statfs shows the grid's space in bytes of files (raw share bytes times k/n).
         let space = node.grid_space().await;
@@ -181,7 +198,6 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
             assert_eq!(meta.modified().unwrap(), when);
             assert_eq!(meta.accessed().unwrap(), read_at);
             if running_as_root() {
-                use std::os::unix::fs::MetadataExt;
                 assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
             }
             // Renaming a directory moves what is inside.

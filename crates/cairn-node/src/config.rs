@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// Bytes of decrypted chunks the block cache (`DIR/cache`) keeps for reads through the
     /// mount and the web; pinned files are kept beyond it.
     pub block_cache_bytes: u64,
+    /// Kernel read-ahead for this node's mounts, in KiB: how far ahead the kernel asks for a
+    /// file read in order, so that it asks in fewer, larger requests. Setting it writes the
+    /// mount's `/sys/class/bdi/*/read_ahead_kb`, which needs root; otherwise the kernel's
+    /// default (128) stays. 0 leaves the kernel's default.
+    pub mount_read_ahead_kib: u32,
     /// The web UI and JSON API (`[web]`).
     pub web: WebConfig,
 }
@@ -84,6 +89,7 @@ impl Default for NodeConfig {
             request_timeout_secs: 30,
             lease_days: 31,
             block_cache_bytes: 2 * 1024 * 1024 * 1024,
+            mount_read_ahead_kib: 4096,
             web: WebConfig::default(),
         }
     }

@@ -242,6 +242,11 @@ impl Node {
         self.inner.grid.encoding
     }
 
+    /// The node's settings (`node.toml`), as loaded at start.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
     /// The node's directory.
     pub fn dir(&self) -> &NodeDir {
         &self.inner.dir
