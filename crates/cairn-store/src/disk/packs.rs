@@ -202,14 +202,19 @@ impl Packs {
 
     /// Writes a batch's bytes into its room and makes them durable.
     pub(super) fn write(&self, room: &Reservation, data: &mut PackBuf) -> io::Result<()> {
-        let direct = match (&room.direct, data.padded()) {
-            (Some(file), Some(padded)) => match file.write_all_at(padded, room.offset) {
+        // Only a room reserved for a direct write is padded.
+        let padded = room
+            .direct
+            .as_ref()
+            .and_then(|file| Some((file, data.padded()?)));
+        let direct = match padded {
+            Some((file, padded)) => match file.write_all_at(padded, room.offset) {
                 Ok(()) => true,
                 // The file system refused this alignment: the page cache takes the batch.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
                 Err(e) => return Err(e),
             },
-            _ => false,
+            None => false,
         };
         if !direct {
             room.file.write_all_at(data.bytes(), room.offset)?;
