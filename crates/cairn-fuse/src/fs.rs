@@ -553,20 +553,9 @@ impl Shared {
     async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<FileAttr, NodeError> {
         let cap = self.writable_dir(parent).await?;
         let location = format!("{}/{name}", cap_text(&cap));
-        limited(self.node.mkdir(&location, false)).await?;
+        limited(self.node.mkdir_with_mode(&location, false, mode)).await?;
         self.forget_listing(&cap);
-        let attr = self.lookup(parent, name).await?;
-        let mode = mode & 0o7777;
-        if mode != u32::from(attr.perm) {
-            let meta = Meta {
-                mode,
-                mtime_ns: ns_of_time(attr.mtime),
-                ..Default::default()
-            };
-            self.set_entry_meta(attr.ino.0, meta).await?;
-            return self.lookup(parent, name).await;
-        }
-        Ok(attr)
+        self.lookup(parent, name).await
     }
 
     async fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<FileAttr, NodeError> {

@@ -8,7 +8,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,6 +140,17 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
             assert!(meta.is_file());
             assert_eq!(meta.permissions().mode() & 0o777, 0o644);
             assert!(fs::metadata(m2.join("docs/2026")).unwrap().is_dir());
+            // mkdir's mode is the new entry's (set in the same edit as the link).
+            fs::DirBuilder::new()
+                .mode(0o711)
+                .create(m2.join("docs/private"))
+                .unwrap();
+            let mode = fs::metadata(m2.join("docs/private"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o711);
+            fs::remove_dir(m2.join("docs/private")).unwrap();
             let mut names: Vec<String> = fs::read_dir(m2.join("docs"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -342,8 +342,19 @@ impl Node {
         }
     }
 
-    /// Creates the directory at `location` (and missing parents with `parents`).
+    /// Creates the directory at `location` (and missing parents with `parents`), mode 0755.
     pub async fn mkdir(&self, location: &str, parents: bool) -> Result<(), NodeError> {
+        self.mkdir_with_mode(location, parents, 0o755).await
+    }
+
+    /// Creates the directory at `location` with permission bits `mode`, in one edit of its
+    /// parent. Missing parents, made with `parents`, get 0755.
+    pub async fn mkdir_with_mode(
+        &self,
+        location: &str,
+        parents: bool,
+        mode: u32,
+    ) -> Result<(), NodeError> {
         let location = Location::parse(location)?;
         if location.parts.is_empty() {
             return if parents {
@@ -383,7 +394,7 @@ impl Node {
                 &child,
                 rand::random(),
                 Meta {
-                    mode: 0o755,
+                    mode: if last { mode & 0o7777 } else { 0o755 },
                     mtime_ns: now_ns(),
                     ..Default::default()
                 },
