@@ -374,8 +374,29 @@ async fn send(
             return Ok(response);
         }
     };
+    // The first window is read before the answer starts, so a file out of reach gets an
+    // error status rather than a cut transfer (its manifest may well be cached here).
+    let first = if start < end {
+        let len = (end - start).min(WINDOW as u64) as usize;
+        reader.prefetch(start, AHEAD.min((end - start) as usize));
+        let bytes = reader.read_at(start, len).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the file ended before its size",
+            ));
+        }
+        state
+            .metrics
+            .download_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        bytes
+    } else {
+        Bytes::new()
+    };
+    let rest = stream(reader, start + first.len() as u64, end, state.clone());
     let mime = mime_guess::from_path(name).first_or_octet_stream();
-    let body = HttpBody::from_stream(stream(reader, start, end, state.clone()));
+    let body = HttpBody::from_stream(futures_util::stream::once(async { Ok(first) }).chain(rest));
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: String| {
