@@ -28,7 +28,6 @@ pub(crate) const FILL_BLOCK: u64 = 1 << 20;
 
 /// The base of a staged file and which of its blocks are filled.
 pub(crate) struct Lazy {
-    reader: FileReader,
     fills_path: PathBuf,
     state: Mutex<LazyState>,
     /// Serialises fills (each block is fetched once).
@@ -43,8 +42,9 @@ impl std::fmt::Debug for Lazy {
     }
 }
 
-#[derive(Debug)]
 struct LazyState {
+    /// The file the unfilled blocks come from.
+    base: FileReader,
     /// The base's bytes still in the file (a truncation shortens it).
     len: u64,
     /// Per block below `len`: whether the staging file holds it.
@@ -53,6 +53,17 @@ struct LazyState {
     /// filled before a restart, which cannot tell). A block filled only to be read by an
     /// upload's chunker is not, so later uploads do not re-chunk around it.
     written: Vec<bool>,
+    /// Counts the changes to the file (writes and size changes), so an upload can tell
+    /// whether the file is still what it put.
+    changes: u64,
+}
+
+/// What an upload puts: the base it patches, how the file differs from it, and which change
+/// of the file it saw last (see [`Lazy::rebase`]).
+pub(crate) struct Snapshot {
+    pub(crate) base: FileReader,
+    pub(crate) changes: Changes,
+    seen: u64,
 }
 
 impl LazyState {
@@ -88,12 +99,13 @@ impl Lazy {
         }
         let written = filled.clone();
         Lazy {
-            reader,
             fills_path,
             state: Mutex::new(LazyState {
+                base: reader,
                 len,
                 filled,
                 written,
+                changes: 0,
             }),
             filling: tokio::sync::Mutex::new(()),
         }
@@ -103,14 +115,9 @@ impl Lazy {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The file the staged one started from.
-    pub(crate) fn base(&self) -> &FileReader {
-        &self.reader
-    }
-
-    /// How a staged file of `len` bytes differs from the base: in the blocks written and past
-    /// the base's bytes still in it.
-    pub(crate) fn changes(&self, len: u64) -> Changes {
+    /// The base and how a staged file of `len` bytes differs from it: in the blocks written
+    /// and past the base's bytes still in it.
+    pub(crate) fn snapshot(&self, len: u64) -> Snapshot {
         let state = self.state();
         let changed = state
             .written
@@ -122,11 +129,41 @@ impl Lazy {
                 start..(start + FILL_BLOCK).min(state.len)
             })
             .collect();
-        Changes {
-            len,
-            retained: state.len,
-            changed,
+        Snapshot {
+            base: state.base.clone(),
+            changes: Changes {
+                len,
+                retained: state.len,
+                changed,
+            },
+            seen: state.changes,
         }
+    }
+
+    /// After an upload of `snapshot`, which stored the file as `stored`: if the file has not
+    /// changed since, `stored` becomes the base and no block counts as written, so the next
+    /// upload of a file held open re-chunks only around what is written after this one.
+    /// Blocks not filled are the same in both bases (a write fills first), so the fill log
+    /// and the journal's base stay right for a restart. Returns whether it rebased.
+    pub(crate) fn rebase(&self, snapshot: &Snapshot, stored: FileReader) -> bool {
+        let mut state = self.state();
+        if state.changes != snapshot.seen || stored.size() != snapshot.changes.len {
+            return false;
+        }
+        let blocks = stored.size().div_ceil(FILL_BLOCK) as usize;
+        // Past the old base's bytes the staging file holds the bytes itself.
+        state.filled = (0..blocks)
+            .map(|b| state.filled.get(b).copied().unwrap_or(true))
+            .collect();
+        state.written = vec![false; blocks];
+        state.len = stored.size();
+        state.base = stored;
+        true
+    }
+
+    /// Notes a change of the file's size (after it is made).
+    pub(crate) fn note_resized(&self) {
+        self.state().changes += 1;
     }
 
     /// The base's bytes still in the file.
@@ -148,6 +185,7 @@ impl Lazy {
     /// may differ from the base from now on.
     pub(crate) fn note_written(&self, offset: u64, end: u64) {
         let mut state = self.state();
+        state.changes += 1;
         let end = end.min(state.len);
         if offset >= end {
             return;
@@ -173,12 +211,12 @@ impl Lazy {
     /// Fetches the unfilled blocks of `[offset, end)` from the base into `file`.
     pub(crate) async fn fill(&self, file: &File, offset: u64, end: u64) -> Result<(), NodeError> {
         let _one = self.filling.lock().await;
-        let (blocks, len) = {
+        let (blocks, len, base) = {
             let state = self.state();
-            (state.unfilled(offset, end), state.len)
+            (state.unfilled(offset, end), state.len, state.base.clone())
         };
         if let Some(first) = blocks.first() {
-            self.reader.prefetch(
+            base.prefetch(
                 first * FILL_BLOCK,
                 (blocks.len() as u64 * FILL_BLOCK) as usize,
             );
@@ -194,7 +232,7 @@ impl Lazy {
             let mut bytes = Vec::with_capacity(want);
             while bytes.len() < want {
                 let at = start + bytes.len() as u64;
-                let part = self.reader.read_at(at, want - bytes.len()).await?;
+                let part = base.read_at(at, want - bytes.len()).await?;
                 if part.is_empty() {
                     return Err(NodeError::Invalid(
                         "the file being written got shorter".into(),
@@ -234,18 +272,16 @@ impl Lazy {
         let mut at = offset;
         while at < end {
             let block_end = ((at / FILL_BLOCK + 1) * FILL_BLOCK).min(end);
-            let (from_base, base_len) = {
+            let (from_base, base_len, base) = {
                 let state = self.state();
-                (!state.unfilled(at, block_end).is_empty(), state.len)
+                let from_base = !state.unfilled(at, block_end).is_empty();
+                (from_base, state.len, state.base.clone())
             };
             let part = if from_base {
                 // Only the base's bytes: past them (a truncation, then growth) is the file.
                 let base_end = block_end.min(base_len);
-                self.reader.prefetch(base_end, 4 * FILL_BLOCK as usize);
-                self.reader
-                    .read_at(at, (base_end - at) as usize)
-                    .await?
-                    .to_vec()
+                base.prefetch(base_end, 4 * FILL_BLOCK as usize);
+                base.read_at(at, (base_end - at) as usize).await?.to_vec()
             } else {
                 let mut buf = vec![0u8; (block_end - at) as usize];
                 let n = read_full(file, &mut buf, at).map_err(io(&self.fills_path))?;

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::lazy::{FILL_BLOCK, Lazy, read_full};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// A file written in order from its start streams to the grid once it is this long.
 pub(crate) const STREAM_AFTER: u64 = 8 << 20;
@@ -440,6 +440,9 @@ impl Staged {
             }
         }
         self.file.set_len(size).map_err(io(&self.data_path))?;
+        if let Some(lazy) = &self.lazy {
+            lazy.note_resized();
+        }
         self.update_journal()
     }
 
@@ -753,18 +756,33 @@ async fn put_file(
         return node.put_blocking(file, PutOptions::default()).await;
     };
     let len = file.metadata().map_err(io(path))?.len();
-    let changes = lazy.changes(len);
-    let base = lazy.base().clone();
+    let snapshot = lazy.snapshot(len);
     let file = Arc::new(file);
     let runtime = tokio::runtime::Handle::current();
+    let reader_lazy = lazy.clone();
     let open_at = move |at| PatchReader {
-        lazy: lazy.clone(),
+        lazy: reader_lazy.clone(),
         file: file.clone(),
         at,
         runtime: runtime.clone(),
     };
-    node.put_patched(&base, changes, open_at, PutOptions::default())
-        .await
+    let report = node
+        .put_patched(
+            &snapshot.base,
+            snapshot.changes.clone(),
+            open_at,
+            PutOptions::default(),
+        )
+        .await?;
+    // The stored version is the base of the next upload of a file still open. Without it
+    // (a literal, or no answer), the next upload patches the old base: more work, same file.
+    if let Ok(cap) = report.cap.parse::<Cap>()
+        && let Ok(stored) = node.open_file(&cap).await
+        && lazy.rebase(&snapshot, stored)
+    {
+        debug!(size = report.size, "the stored version is the new base");
+    }
+    Ok(report)
 }
 
 /// A staged file's bytes from some offset on, as a patched put reads them (on a blocking
@@ -977,8 +995,9 @@ mod tests {
     }
 
     /// An upload of a file opened over an existing one reads only the chunks around the block
-    /// written, and what it read counts as unchanged for the next upload: the changes stay the
-    /// blocks written.
+    /// written. The version it stores is the base of the next upload, so a file held open
+    /// re-chunks only around what was written since; a write during an upload keeps the old
+    /// base.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn uploads_over_a_base_rechunk_only_around_the_blocks_written() {
         let grid = TestGrid::start(5).await;
@@ -987,14 +1006,14 @@ mod tests {
         let staging = tempfile::tempdir().unwrap();
         let staged = staged_over(&node, &original, staging.path()).await;
         let mut expected = original;
-        let mut write = async |at: usize, bytes: &[u8]| {
+        let write = async |expected: &mut Vec<u8>, at: usize, bytes: &[u8]| {
             staged.fill(at as u64, bytes.len() as u64).await.unwrap();
             staged.write_at(bytes, at as u64).unwrap();
             staged.mark_dirty(Some(7)).unwrap();
             expected[at..at + bytes.len()].copy_from_slice(bytes);
         };
         let block = FILL_BLOCK as usize;
-        write(12 * block + 100, b"first").await;
+        write(&mut expected, 12 * block + 100, b"first").await;
         staged.upload(&node).await.unwrap().unwrap();
         let lazy = staged.lazy.clone().unwrap();
         let filled = (0..24u64)
@@ -1002,20 +1021,29 @@ mod tests {
             .count();
         assert!(filled > 1, "the chunker read the blocks around the write");
         assert!(filled < 12, "but not the file: {filled} blocks filled");
-        let changes = lazy.changes(staged.len());
-        assert_eq!(changes.changed, vec![12 * FILL_BLOCK..13 * FILL_BLOCK]);
+        // The stored version is the base from now on: nothing differs from it.
+        let snapshot = lazy.snapshot(staged.len());
+        assert_eq!(snapshot.changes.changed, vec![]);
+        assert_eq!(snapshot.base.size(), expected.len() as u64);
 
-        write(3 * block, b"second").await;
+        write(&mut expected, 3 * block, b"second").await;
+        assert_eq!(
+            lazy.snapshot(staged.len()).changes.changed,
+            vec![3 * FILL_BLOCK..4 * FILL_BLOCK]
+        );
+        let report = staged.upload(&node).await.unwrap().unwrap();
+        assert!(read_all(&node, "/big.bin").await == expected);
+        assert!(report.bytes_sent < 16 << 20, "{report:?}");
+        assert_eq!(lazy.snapshot(staged.len()).changes.changed, vec![]);
+
+        // A write during an upload keeps the file's base: the write still counts as a change.
+        write(&mut expected, 20 * block, b"third").await;
+        let snapshot = lazy.snapshot(staged.len());
+        write(&mut expected, 21 * block, b"fourth").await;
+        let stored = node.open_file(&report.cap.parse().unwrap()).await.unwrap();
+        assert!(!lazy.rebase(&snapshot, stored));
         staged.upload(&node).await.unwrap().unwrap();
         assert!(read_all(&node, "/big.bin").await == expected);
-        let changes = lazy.changes(staged.len());
-        assert_eq!(
-            changes.changed,
-            vec![
-                3 * FILL_BLOCK..4 * FILL_BLOCK,
-                12 * FILL_BLOCK..13 * FILL_BLOCK
-            ]
-        );
         grid.shutdown().await;
     }
 

@@ -335,9 +335,9 @@ impl Node {
             });
         }
         let root = header.root();
-        if options.cache {
-            keep_written(&inner.blocks, &root, &bytes);
-        }
+        // Manifests are small: always kept, so the file opens here without the grid (a file
+        // held open in a mount patches the version it just stored).
+        keep_written(&inner.blocks, &root, &bytes);
         let manifest_blob = BatchBlob {
             file: 0,
             root,
