@@ -40,6 +40,12 @@ const BLOCK_AAD: &[u8] = b"cairn-block-v1";
 const DIRECT_MIN: u64 = 256 * 1024;
 /// Bytes of the node-local cache key.
 const KEY_LEN: usize = 32;
+/// Alignment of a direct read's buffer, offset and length.
+const ALIGN: usize = 4096;
+/// Free read buffers kept for reuse (see [`BufferPool`]).
+const POOL_BUFFERS: usize = 8;
+/// Read buffers are made in multiples of this, so one serves chunks of nearby sizes.
+const POOL_STEP: usize = 256 * 1024;
 
 /// A block's file name: a keyed hash of its share root.
 pub(crate) type BlockName = [u8; 32];
@@ -79,6 +85,59 @@ pub(crate) struct BlockCache {
     seal_key: Zeroizing<[u8; 32]>,
     budget: u64,
     state: Mutex<State>,
+    buffers: Arc<BufferPool>,
+}
+
+/// Read buffers of blocks no longer in use, kept for the next direct reads: a new buffer
+/// costs zeroing and page faults, which on a sequential read from the cache weigh as much as
+/// the copy itself.
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// A buffer with room for `len` bytes at an [`ALIGN`]ed offset (its bytes unspecified),
+    /// and that offset.
+    fn take(&self, len: usize) -> (Vec<u8>, usize) {
+        let fits = |b: &Vec<u8>| b.as_ptr().align_offset(ALIGN) + len <= b.len();
+        let found = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            let smallest = (0..free.len())
+                .filter(|&i| fits(&free[i]))
+                .min_by_key(|&i| free[i].len());
+            smallest.map(|i| free.swap_remove(i))
+        };
+        let buf = found.unwrap_or_else(|| vec![0u8; (len + ALIGN).next_multiple_of(POOL_STEP)]);
+        let at = buf.as_ptr().align_offset(ALIGN);
+        (buf, at)
+    }
+
+    /// Keeps `buf` for a later read, if the pool has room.
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < POOL_BUFFERS && buf.len() >= POOL_STEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// A pooled buffer behind a [`Bytes`]: back to the pool when its last view is dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -141,6 +200,7 @@ impl BlockCache {
             seal_key,
             budget,
             state: Mutex::new(state),
+            buffers: Arc::default(),
         })
     }
 
@@ -175,13 +235,27 @@ impl BlockCache {
             entry.len >= DIRECT_MIN
         };
         let path = self.path(&name);
-        let opened = read_block(&path, direct).ok().and_then(|(buf, at, len)| {
-            let mut buf = buf;
-            let plain =
-                open_in_place_with(&self.block_key(root), BLOCK_AAD, &mut buf[at..at + len])
-                    .ok()?;
-            Some(Bytes::from(buf).slice(at..at + plain))
-        });
+        let opened = read_block(&path, direct, &self.buffers)
+            .ok()
+            .and_then(|read| {
+                let ReadBuf {
+                    mut buf,
+                    at,
+                    len,
+                    pooled,
+                } = read;
+                let plain =
+                    open_in_place_with(&self.block_key(root), BLOCK_AAD, &mut buf[at..at + len]);
+                let bytes = if pooled {
+                    Bytes::from_owner(Pooled {
+                        buf,
+                        pool: self.buffers.clone(),
+                    })
+                } else {
+                    Bytes::from(buf)
+                };
+                Some(bytes.slice(at..at + plain.ok()?))
+            });
         if opened.is_none() {
             tracing::debug!("dropping a cached block that does not open");
             self.remove(&name);
@@ -397,12 +471,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NodeError::Control(e.to_string()))?
 }
 
-/// Reads a whole file into a buffer: `(buffer, start, length)`. With `direct`, direct I/O
-/// (past the page cache, so many reads at once go at the disk's speed and the cache's files do
-/// not take memory twice) where the file system allows it; else a plain read.
-fn read_block(path: &Path, direct: bool) -> std::io::Result<(Vec<u8>, usize, usize)> {
+/// A block's file read into memory: `len` bytes at `at` in `buf`, which came from the pool
+/// if `pooled`.
+struct ReadBuf {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+    pooled: bool,
+}
+
+/// Reads a whole file into a buffer. With `direct`, direct I/O (past the page cache, so many
+/// reads at once go at the disk's speed and the cache's files do not take memory twice) into a
+/// buffer from `pool` where the file system allows it; else a plain read.
+fn read_block(path: &Path, direct: bool, pool: &BufferPool) -> std::io::Result<ReadBuf> {
     use std::os::unix::fs::FileExt;
-    const ALIGN: usize = 4096;
     if direct
         && let Ok(file) = fs::OpenOptions::new()
             .read(true)
@@ -410,8 +492,7 @@ fn read_block(path: &Path, direct: bool) -> std::io::Result<(Vec<u8>, usize, usi
             .open(path)
     {
         let len = file.metadata()?.len() as usize;
-        let mut buf = vec![0u8; len.next_multiple_of(ALIGN) + ALIGN];
-        let at = buf.as_ptr().align_offset(ALIGN);
+        let (mut buf, at) = pool.take(len.next_multiple_of(ALIGN));
         let end = at + len.next_multiple_of(ALIGN);
         let mut done = 0usize;
         let mut direct_ok = true;
@@ -426,12 +507,23 @@ fn read_block(path: &Path, direct: bool) -> std::io::Result<(Vec<u8>, usize, usi
             }
         }
         if direct_ok && done == len {
-            return Ok((buf, at, len));
+            return Ok(ReadBuf {
+                buf,
+                at,
+                len,
+                pooled: true,
+            });
         }
+        pool.give(buf);
     }
-    let bytes = fs::read(path)?;
-    let len = bytes.len();
-    Ok((bytes, 0, len))
+    let buf = fs::read(path)?;
+    let len = buf.len();
+    Ok(ReadBuf {
+        buf,
+        at: 0,
+        len,
+        pooled: false,
+    })
 }
 
 fn pinned_bytes(state: &State) -> u64 {
@@ -491,6 +583,40 @@ mod tests {
         assert!(cache.contains(&root(1)));
         assert_eq!(cache.get(&root(1)).as_deref(), Some(&block(1, 1000)[..]));
         assert_eq!(cache.usage().bytes, 1000);
+    }
+
+    /// Large blocks are read into pooled buffers: one dropped is taken by the next read, and
+    /// what it held before never shows through.
+    #[test]
+    fn large_blocks_reuse_the_buffers_of_blocks_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlockCache::open(dir.path(), 64 << 20).unwrap();
+        let pooled = || cache.buffers.free.lock().unwrap().len();
+        let (big, smaller) = (block(1, 3 << 20), block(2, (1 << 20) + 77));
+        cache.put(&root(1), &big).unwrap();
+        cache.put(&root(2), &smaller).unwrap();
+        let first = cache.get(&root(1)).unwrap();
+        assert_eq!(first, big);
+        assert_eq!(pooled(), 0);
+        drop(first);
+        let direct = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(cache.path(&cache.name(&root(1))))
+            .is_ok();
+        // Where the file system refuses direct I/O, reads are plain and nothing is pooled.
+        if !direct {
+            eprintln!("direct I/O is not available under {}", dir.path().display());
+            assert_eq!(pooled(), 0);
+        } else {
+            assert_eq!(pooled(), 1, "the buffer went back to the pool");
+            let second = cache.get(&root(2)).unwrap();
+            assert_eq!(pooled(), 0, "the free buffer was reused");
+            assert_eq!(second, smaller);
+            drop(second);
+            assert_eq!(pooled(), 1);
+        }
+        assert_eq!(cache.get(&root(1)).unwrap(), big);
     }
 
     #[test]
