@@ -6,26 +6,18 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
+use crate::common::random_bytes;
+
 const K: usize = 3;
 const N: usize = 5;
 const BUDGET: Duration = Duration::from_millis(700);
-
-fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// Runs `f` repeatedly for about `BUDGET` and returns MB/s of `bytes` per call.
 fn measure(bytes: usize, mut f: impl FnMut()) -> f64 {

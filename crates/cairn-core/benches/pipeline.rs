@@ -5,6 +5,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -17,20 +19,10 @@ use cairn_core::{
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
+use crate::common::random_bytes;
+
 const TOTAL: usize = 64 * 1024 * 1024;
 const PASSES: usize = 3;
-
-fn random_bytes(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// Words drawn with a skewed distribution, some numbers and punctuation: compresses to about a
 /// quarter with zstd-1, like source code or logs.
