@@ -6,14 +6,15 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-mod common;
+#[path = "../src/test_bytes.rs"]
+mod test_bytes;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
-use crate::common::random_bytes;
+use crate::test_bytes::pseudo_random as random_bytes;
 
 const K: usize = 3;
 const N: usize = 5;

@@ -5,7 +5,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-mod common;
+#[path = "../src/test_bytes.rs"]
+mod test_bytes;
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -19,7 +20,7 @@ use cairn_core::{
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use crate::common::random_bytes;
+use crate::test_bytes::pseudo_random as random_bytes;
 
 const TOTAL: usize = 64 * 1024 * 1024;
 const PASSES: usize = 3;
