@@ -377,20 +377,8 @@ async fn send(
     // The first window is read before the answer starts, so a file out of reach gets an
     // error status rather than a cut transfer (its manifest may well be cached here).
     let first = if start < end {
-        let len = (end - start).min(WINDOW as u64) as usize;
         reader.prefetch(start, AHEAD.min((end - start) as usize));
-        let bytes = reader.read_at(start, len).await?;
-        if bytes.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the file ended before its size",
-            ));
-        }
-        state
-            .metrics
-            .download_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        bytes
+        read_window(&reader, start, end, state).await?
     } else {
         Bytes::new()
     };
@@ -438,26 +426,40 @@ fn stream(
             if at >= end {
                 return Ok(None);
             }
-            let len = (end - at).min(WINDOW as u64) as usize;
-            let next = at + len as u64;
-            if next < end {
-                reader.prefetch(next, AHEAD.min((end - next) as usize));
-            }
-            let bytes = reader
-                .read_at(at, len)
+            let bytes = read_window(&reader, at, end, &state)
                 .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            if bytes.is_empty() {
-                return Err(io::Error::other("the file ended before its size"));
-            }
-            state
-                .metrics
-                .download_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                .map_err(|e| io::Error::other(e.message))?;
             let at = at + bytes.len() as u64;
             Ok(Some((bytes, at)))
         }
     })
+}
+
+/// The window of `reader` at `at` (before `end`, never empty), the next one fetched ahead;
+/// counted as downloaded.
+async fn read_window(
+    reader: &FileReader,
+    at: u64,
+    end: u64,
+    state: &AppState,
+) -> Result<Bytes, ApiError> {
+    let len = (end - at).min(WINDOW as u64) as usize;
+    let next = at + len as u64;
+    if next < end {
+        reader.prefetch(next, AHEAD.min((end - next) as usize));
+    }
+    let bytes = reader.read_at(at, len).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the file ended before its size",
+        ));
+    }
+    state
+        .metrics
+        .download_bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(bytes)
 }
 
 #[cfg(test)]
