@@ -309,15 +309,30 @@ async fn posix_calls_through_a_mount_reach_the_grid() {
         assert!(node.ls("/other").await.is_err());
 
         // The root has no entry on the grid: this node keeps its mode for the next mount.
+        // A path keeps its inode number at the next mount (git re-reads files whose number
+        // changed), whatever order the new mount meets names in.
         let m2 = m.clone();
-        blocking(move || fs::set_permissions(&m2, fs::Permissions::from_mode(0o700)).unwrap())
-            .await;
+        let numbers_before = blocking(move || {
+            fs::set_permissions(&m2, fs::Permissions::from_mode(0o700)).unwrap();
+            for name in ["docs/one.txt", "docs/two.txt"] {
+                fs::write(m2.join(name), name).unwrap();
+            }
+            ["docs/one.txt", "docs/two.txt"].map(|p| fs::metadata(m2.join(p)).unwrap().ino())
+        })
+        .await;
         mounts.unmount_at(&m).await.unwrap();
         assert!(!cairn_fuse::is_mount_point(&m));
         mounts.mount_at(&m, None).await.unwrap();
         let m2 = m.clone();
-        let mode = blocking(move || fs::metadata(&m2).unwrap().permissions().mode() & 0o7777).await;
+        let (mode, numbers_after) = blocking(move || {
+            let two = fs::metadata(m2.join("docs/two.txt")).unwrap().ino();
+            let one = fs::metadata(m2.join("docs/one.txt")).unwrap().ino();
+            let mode = fs::metadata(&m2).unwrap().permissions().mode() & 0o7777;
+            (mode, [one, two])
+        })
+        .await;
         assert_eq!(mode, 0o700);
+        assert_eq!(numbers_after, numbers_before);
         mounts.unmount_at(&m).await.unwrap();
         assert!(!cairn_fuse::is_mount_point(&m));
         grid.shutdown().await;
