@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_core::SlotId;
 use cairn_core::cap::Cap;
 use cairn_dir::Meta;
-use cairn_node::{DirCap, FileReader, LsEntry, LsReport, Node, NodeError, PutReport};
+use cairn_node::{DirCap, FileReader, Location, LsEntry, LsReport, Node, NodeError, PutReport};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -312,6 +312,11 @@ impl Shared {
             Cap::DirRead(r) => Ok(DirCap::Read(r)),
             _ => Err(NodeError::NotADirectory(name.to_owned())),
         }
+    }
+
+    /// The cap of the file `name` in `parent`.
+    async fn file_cap(&self, parent: &DirCap, name: &str) -> Result<Cap, NodeError> {
+        limited(self.node.resolve_file_at(&Location::in_dir(parent, name))).await
     }
 
     /// The listing of `cap`, from the cache when fresh.
@@ -735,7 +740,7 @@ impl Shared {
         let location = format!("{}/{name}", cap_text(&parent));
         // Not copied: its blocks are fetched when written, or at the upload (crate::lazy).
         let base = if !truncate && entry.size > 0 {
-            let cap = limited(self.node.resolve_file(&location)).await?;
+            let cap = self.file_cap(&parent, &name).await?;
             let reader = limited(self.node.open_file(&cap)).await?;
             Some((reader, cap.to_string()))
         } else {
@@ -1083,8 +1088,7 @@ impl Shared {
             }
         } else if !locked(&self.staged).contains_key(&ino) {
             let (_, parent, name) = self.place(ino).await?;
-            let location = format!("{}/{name}", cap_text(&parent));
-            let cap = limited(self.node.resolve_file(&location)).await?;
+            let cap = self.file_cap(&parent, &name).await?;
             reader = Some(limited(self.node.open_file(&cap)).await?);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -1152,8 +1156,7 @@ impl Shared {
                 // Opened for writing, and the staged copy is gone (uploaded by another
                 // handle's close): read what was linked.
                 let (_, parent, name) = self.place(ino).await?;
-                let location = format!("{}/{name}", cap_text(&parent));
-                let cap = limited(self.node.resolve_file(&location)).await?;
+                let cap = self.file_cap(&parent, &name).await?;
                 let reader = limited(self.node.open_file(&cap)).await?;
                 if let Some(Handle::File { reader: slot, .. }) = locked(&self.handles).get_mut(&fh)
                 {

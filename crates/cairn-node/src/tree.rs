@@ -53,6 +53,19 @@ impl Location {
         Ok(Location { start, parts })
     }
 
+    /// The entry `name` of the directory `dir`, without the round trip through text that
+    /// would re-derive a writecap's public key.
+    pub fn in_dir(dir: &DirCap, name: &str) -> Location {
+        let start = match dir {
+            DirCap::Write(w) => Cap::DirWrite(w.clone()),
+            DirCap::Read(r) => Cap::DirRead(r.clone()),
+        };
+        Location {
+            start: Some(start),
+            parts: vec![name.to_owned()],
+        }
+    }
+
     /// The path part as text (`/a/b`), for messages.
     pub fn display(&self) -> String {
         let path = format!("/{}", self.parts.join("/"));
@@ -750,8 +763,12 @@ impl Node {
 
     /// The file cap at `location` (a cap string passes through).
     pub async fn resolve_file(&self, location: &str) -> Result<Cap, NodeError> {
-        let parsed = Location::parse(location)?;
-        match self.walk(&parsed).await?.0 {
+        self.resolve_file_at(&Location::parse(location)?).await
+    }
+
+    /// The file cap at a parsed location.
+    pub async fn resolve_file_at(&self, parsed: &Location) -> Result<Cap, NodeError> {
+        match self.walk(parsed).await?.0 {
             Target::Other(Content::File { file, .. }) => Ok(file.cap()),
             Target::Other(Content::Symlink { target, .. }) => Err(NodeError::Invalid(format!(
                 "{} is a symlink to {target}",
