@@ -405,7 +405,7 @@ impl Shared {
 
     async fn entry(&self, cap: &DirCap, name: &str) -> Result<Option<LsEntry>, NodeError> {
         let listing = self.listing(cap).await?;
-        Ok(listing.entries.iter().find(|e| e.name == name).cloned())
+        Ok(listing.get(name).cloned())
     }
 
     /// The attributes of `ino` from its kind, size and stored metadata. The owner is who
@@ -1267,12 +1267,8 @@ impl Shared {
             let new = self.listing(&cap).await.ok();
             let children = locked(&self.inodes).children(dir);
             for (name, child) in children {
-                let before = old
-                    .as_ref()
-                    .and_then(|l| l.entries.iter().find(|e| e.name == name));
-                let after = new
-                    .as_ref()
-                    .and_then(|l| l.entries.iter().find(|e| e.name == name));
+                let before = old.as_ref().and_then(|l| l.get(&name));
+                let after = new.as_ref().and_then(|l| l.get(&name));
                 if old.is_some() && before == after {
                     continue;
                 }

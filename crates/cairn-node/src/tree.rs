@@ -130,10 +130,20 @@ pub struct LsReport {
     pub path: String,
     /// Whether the directory is writable with the cap used.
     pub writable: bool,
-    /// The lines, sorted by name.
+    /// The lines, sorted by name (names are unique).
     pub entries: Vec<LsEntry>,
     /// How many lines take part in a conflict.
     pub conflicts: usize,
+}
+
+impl LsReport {
+    /// The line named `name` (a binary search: a mount looks names up one by one).
+    pub fn get(&self, name: &str) -> Option<&LsEntry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
 }
 
 /// What a walk ended on.

@@ -72,6 +72,9 @@ async fn paths_round_trip_through_the_tree() {
         assert_eq!(ls.entries[2].size, 4);
         assert_eq!(ls.entries[2].mode, 0o640);
         assert!(ls.entries[2].ctime_ms > 0 && ls.conflicts == 0 && ls.writable);
+        assert_eq!(ls.get("latest"), Some(&ls.entries[1]));
+        assert_eq!(ls.get("small.txt").map(|e| e.size), Some(4));
+        assert!(ls.get("missing").is_none() && ls.get("").is_none());
         assert_eq!(read(node, "/photos/2026/a.jpg").await.unwrap(), data);
 
         // Another node of the same owner sees it through a shared writecap.
