@@ -184,10 +184,7 @@ fn ns_of_time(t: SystemTime) -> i64 {
 
 /// The text form of a directory cap, to start a location with.
 pub(crate) fn cap_text(cap: &DirCap) -> String {
-    match cap {
-        DirCap::Write(w) => Cap::DirWrite(w.clone()).to_string(),
-        DirCap::Read(r) => Cap::DirRead(r.clone()).to_string(),
-    }
+    cap.to_cap().to_string()
 }
 
 /// The errno for a node error (the table is in `docs/specs/mount.md`).

@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cairn_core::cap::Cap;
 use cairn_core::id::{ShareRoot, SlotId, VersionId};
 use cairn_core::wire::{MAX_VERSIONS, Refusal, Request, Response};
 use cairn_core::{DirReadCap, DirWriteCap};
@@ -75,6 +76,14 @@ impl DirCap {
         match self {
             DirCap::Write(w) => w.slot(),
             DirCap::Read(r) => r.slot(),
+        }
+    }
+
+    /// The same cap as a [`Cap`] (whose `Display` is the cap's text).
+    pub fn to_cap(&self) -> Cap {
+        match self {
+            DirCap::Write(w) => Cap::DirWrite(w.clone()),
+            DirCap::Read(r) => Cap::DirRead(r.clone()),
         }
     }
 }

@@ -56,12 +56,8 @@ impl Location {
     /// The entry `name` of the directory `dir`, without the round trip through text that
     /// would re-derive a writecap's public key.
     pub fn in_dir(dir: &DirCap, name: &str) -> Location {
-        let start = match dir {
-            DirCap::Write(w) => Cap::DirWrite(w.clone()),
-            DirCap::Read(r) => Cap::DirRead(r.clone()),
-        };
         Location {
-            start: Some(start),
+            start: Some(dir.to_cap()),
             parts: vec![name.to_owned()],
         }
     }
