@@ -520,7 +520,15 @@ impl Node {
             .entry(slot)
             .or_insert_with(|| cap.clone());
         let (fresh, _merging, taken) = loop {
-            let cached = self.cached(&slot);
+            let cached = match self.cached(&slot) {
+                Some(cached) => Some(cached),
+                // An edit or merge holds the state out of the cache while it works: wait for it
+                // rather than fetch every version from the holders again.
+                None => {
+                    drop(self.merge_lock(&slot).await);
+                    self.cached(&slot)
+                }
+            };
             let have: Vec<VersionId> = cached.as_ref().map(|c| c.heads.clone()).unwrap_or_default();
             let asked = Instant::now();
             let gathered = self.gather(cap, &have).await;
