@@ -80,11 +80,16 @@ impl Inodes {
                 dir: None,
             },
         );
+        self.name(parent, name, ino);
+        ino
+    }
+
+    /// Gives `ino` the name `name` in `parent`.
+    fn name(&mut self, parent: u64, name: &str, ino: u64) {
         self.by_parent
             .entry(parent)
             .or_default()
             .insert(name.to_owned(), ino);
-        ino
     }
 
     /// The first output of the hash of (`parent`, `name`) that no inode has and that is not
@@ -126,10 +131,7 @@ impl Inodes {
     pub(crate) fn rename(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
         self.unlink(new_parent, new_name);
         if let Some(ino) = self.unlink(parent, name) {
-            self.by_parent
-                .entry(new_parent)
-                .or_default()
-                .insert(new_name.to_owned(), ino);
+            self.name(new_parent, new_name, ino);
             if let Some(inode) = self.by_ino.get_mut(&ino) {
                 inode.parent = new_parent;
                 inode.name = new_name.to_owned();
