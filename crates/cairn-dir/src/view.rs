@@ -124,41 +124,53 @@ impl Listing {
         name: &str,
         cancelled: &dyn Fn(&Move) -> bool,
     ) -> Option<Listed> {
-        if !name.contains(".conflict-") && !name.starts_with("unnamed-") {
-            let holds = |entry: &crate::state::Entry| {
-                entry.is_alive() && entry.name.winner().is_some_and(|(_, n)| n.value == name)
-            };
-            let found: Vec<(&EntryId, &crate::state::Entry)> = match state.name_candidates(name) {
-                Some(ids) => ids
-                    .iter()
-                    .filter_map(|id| state.entries.get_key_value(id))
-                    .filter(|(_, entry)| holds(entry))
-                    .collect(),
-                None => state.entries.iter().filter(|(_, e)| holds(e)).collect(),
-            };
-            let mut found = found.into_iter();
-            match (found.next(), found.next()) {
-                (None, _) => return None,
-                (Some((id, entry)), None) => {
-                    let mut values = entry.content.0.iter();
-                    if let (Some((dot, first)), None) = (values.next(), values.next())
-                        && entry.name.0.len() == 1
-                    {
-                        let content = shown_content(&first.value, cancelled)?.into_owned();
-                        return Some(Listed {
-                            name: name.to_owned(),
-                            id: *id,
-                            dot: *dot,
-                            content,
-                            changed: first.hlc,
-                            conflict: false,
-                        });
-                    }
-                }
-                _ => {}
-            }
+        Listing::plain_line(state, name, cancelled)
+            .unwrap_or_else(|| Listing::of_with(state, cancelled).get(name).cloned())
+    }
+
+    /// The line named `name` when it takes no part in a conflict, told without building the
+    /// whole listing: `Some(None)` when nothing shows under that name, `Some(Some(line))` when
+    /// one entry with one name and one value holds it. `None` when only the whole listing can
+    /// tell (a conflict, or a conflict or `unnamed-` name).
+    pub fn plain_line(
+        state: &DirState,
+        name: &str,
+        cancelled: &dyn Fn(&Move) -> bool,
+    ) -> Option<Option<Listed>> {
+        if name.contains(".conflict-") || name.starts_with("unnamed-") {
+            return None;
         }
-        Listing::of_with(state, cancelled).get(name).cloned()
+        let holds = |entry: &crate::state::Entry| {
+            entry.is_alive() && entry.name.winner().is_some_and(|(_, n)| n.value == name)
+        };
+        let found: Vec<(&EntryId, &crate::state::Entry)> = match state.name_candidates(name) {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| state.entries.get_key_value(id))
+                .filter(|(_, entry)| holds(entry))
+                .collect(),
+            None => state.entries.iter().filter(|(_, e)| holds(e)).collect(),
+        };
+        let [(id, entry)] = found[..] else {
+            return found.is_empty().then_some(None);
+        };
+        let mut values = entry.content.0.iter();
+        let (Some((dot, first)), None) = (values.next(), values.next()) else {
+            return None;
+        };
+        if entry.name.0.len() != 1 {
+            return None;
+        }
+        Some(
+            shown_content(&first.value, cancelled).map(|content| Listed {
+                name: name.to_owned(),
+                id: *id,
+                dot: *dot,
+                content: content.into_owned(),
+                changed: first.hlc,
+                conflict: false,
+            }),
+        )
     }
 
     /// The listing of `state`, every move taken as done.

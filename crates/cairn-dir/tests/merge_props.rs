@@ -280,6 +280,16 @@ impl World {
                     "lookup differs from the listing"
                 );
             }
+            for name in NAMES {
+                if let Some(plain) = Listing::plain_line(&replica.state, name, &|_| false) {
+                    prop_assert_eq!(
+                        plain.as_ref(),
+                        listing.get(name),
+                        "the plain line of {} differs from the listing",
+                        name
+                    );
+                }
+            }
             let names: BTreeSet<&str> = listing.entries.iter().map(|l| l.name.as_str()).collect();
             prop_assert_eq!(
                 names.len(),

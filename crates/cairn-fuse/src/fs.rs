@@ -133,9 +133,11 @@ pub(crate) struct Shared {
     next_fh: AtomicU64,
     staged: Mutex<HashMap<u64, Arc<Staged>>>,
     listings: Mutex<HashMap<SlotId, (Instant, Arc<LsReport>)>>,
-    /// Bumped by every drop of a cached listing, so a listing read before the drop is not
-    /// kept after it.
+    /// Bumped by every drop or change of a cached listing, so a listing read before it is
+    /// not kept after it.
     listing_generation: AtomicU64,
+    /// Held while a change made here goes into a cached listing (see [`Shared::relist`]).
+    relisting: tokio::sync::Mutex<()>,
     /// Wakes the background uploader (a file was closed).
     upload_wake: tokio::sync::Notify,
     /// Mode and mtime of the mount's root, as last set on this node (the root has no entry to
@@ -263,6 +265,7 @@ impl Shared {
             staged: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             listing_generation: AtomicU64::new(0),
+            relisting: tokio::sync::Mutex::new(()),
             upload_wake: tokio::sync::Notify::new(),
             dir_meta: Mutex::new(dir_meta),
             root_meta_path,
@@ -353,6 +356,30 @@ impl Shared {
         let mut listings = locked(&self.listings);
         self.listing_generation.fetch_add(1, Ordering::SeqCst);
         listings.remove(&cap.slot());
+    }
+
+    /// Brings the cached listing of `cap` up to date after this mount changed `names` in it:
+    /// the node's lines for those names go in, so a large directory is not listed whole again
+    /// after each change. When a name takes part in a conflict the listing is dropped instead.
+    async fn relist(&self, cap: &DirCap, names: &[&str]) {
+        // One at a time: each reads the node's lines after the one before, so a later change
+        // of a name is never overwritten by an earlier one.
+        let _in_order = self.relisting.lock().await;
+        let lines = limited(self.node.plain_lines(cap, names)).await;
+        let mut listings = locked(&self.listings);
+        self.listing_generation.fetch_add(1, Ordering::SeqCst);
+        let slot = cap.slot();
+        match (lines, listings.get_mut(&slot)) {
+            (Ok(Some(lines)), Some((_, report))) if report.conflicts == 0 => {
+                let report = Arc::make_mut(report);
+                for (name, line) in names.iter().zip(lines) {
+                    report.set(name, line);
+                }
+            }
+            _ => {
+                listings.remove(&slot);
+            }
+        }
     }
 
     /// The file made through this mount as `name` in `parent` that the grid has no entry for
@@ -556,7 +583,7 @@ impl Shared {
         let cap = self.writable_dir(parent).await?;
         let location = format!("{}/{name}", cap_text(&cap));
         limited(self.node.mkdir_with_mode(&location, false, mode)).await?;
-        self.forget_listing(&cap);
+        self.relist(&cap, &[name]).await;
         self.lookup(parent, name).await
     }
 
@@ -564,7 +591,7 @@ impl Shared {
         let cap = self.writable_dir(parent).await?;
         let location = format!("{}/{name}", cap_text(&cap));
         limited(self.node.symlink(target, &location)).await?;
-        self.forget_listing(&cap);
+        self.relist(&cap, &[name]).await;
         self.lookup(parent, name).await
     }
 
@@ -604,7 +631,7 @@ impl Shared {
             (false, false) => {}
         }
         limited(self.node.rm(&location, dir)).await?;
-        self.forget_listing(&cap);
+        self.relist(&cap, &[name]).await;
         let unlinked = locked(&self.inodes).unlink(parent, name);
         drop(held);
         if let Some(ino) = unlinked {
@@ -677,8 +704,12 @@ impl Shared {
         }
         let from_location = format!("{}/{name}", cap_text(&from_cap));
         limited(self.node.mv(&from_location, &to_location)).await?;
-        self.forget_listing(&from_cap);
-        self.forget_listing(&to_cap);
+        if from_cap.slot() == to_cap.slot() {
+            self.relist(&from_cap, &[name, new_name]).await;
+        } else {
+            self.relist(&from_cap, &[name]).await;
+            self.relist(&to_cap, &[new_name]).await;
+        }
         self.renamed(parent, name, new_parent, new_name, to_location);
         Ok(())
     }
@@ -761,26 +792,35 @@ impl Shared {
         Ok(staged)
     }
 
-    /// Counts an upload and drops the cached listing of its directory.
-    async fn uploaded(&self, ino: u64, report: &PutReport) {
-        self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .shares_sent
-            .fetch_add(report.shares_sent, Ordering::Relaxed);
-        self.stats
-            .bytes_sent
-            .fetch_add(report.bytes_sent, Ordering::Relaxed);
-        debug!(
-            size = report.size,
-            shares_sent = report.shares_sent,
-            bytes_sent = report.bytes_sent,
-            "uploaded a file written through the mount"
-        );
-        let parent = locked(&self.inodes).get(ino).map(|i| i.parent);
-        if let Some(parent) = parent
-            && let Ok(cap) = self.dir_cap(parent).await
-        {
-            self.forget_listing(&cap);
+    /// Counts uploads and brings the cached listings of their directories up to date.
+    async fn uploaded(&self, done: &[(u64, PutReport)]) {
+        let mut by_parent: HashMap<u64, Vec<String>> = HashMap::new();
+        for (ino, report) in done {
+            self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .shares_sent
+                .fetch_add(report.shares_sent, Ordering::Relaxed);
+            self.stats
+                .bytes_sent
+                .fetch_add(report.bytes_sent, Ordering::Relaxed);
+            debug!(
+                size = report.size,
+                shares_sent = report.shares_sent,
+                bytes_sent = report.bytes_sent,
+                "uploaded a file written through the mount"
+            );
+            if let Some(inode) = locked(&self.inodes).get(*ino) {
+                by_parent
+                    .entry(inode.parent)
+                    .or_default()
+                    .push(inode.name.clone());
+            }
+        }
+        for (parent, names) in by_parent {
+            if let Ok(cap) = self.dir_cap(parent).await {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.relist(&cap, &names).await;
+            }
         }
     }
 
@@ -792,7 +832,7 @@ impl Shared {
         };
         let report = staged.upload(&self.node).await?;
         if let Some(report) = report {
-            self.uploaded(ino, &report).await;
+            self.uploaded(&[(ino, report)]).await;
         }
         self.retire(ino);
         Ok(())
@@ -858,21 +898,25 @@ impl Shared {
         for batch in batches {
             let staged: Vec<Arc<Staged>> = batch.iter().map(|(_, s)| s.clone()).collect();
             let results = staging::upload_batch(&self.node, &staged).await;
+            let mut done = Vec::new();
             for ((ino, _), result) in batch.iter().zip(results) {
                 match result {
-                    Ok(Some(report)) => self.uploaded(*ino, &report).await,
+                    Ok(Some(report)) => done.push((*ino, report)),
                     Ok(None) => {}
                     Err(e) => {
                         failed += 1;
                         warn!(error = %e, "uploading a file written through the mount failed; it stays staged and is tried again");
                     }
                 }
+            }
+            self.uploaded(&done).await;
+            for (ino, _) in &batch {
                 self.retire(*ino);
             }
         }
         for (ino, staged) in large {
             match staged.upload(&self.node).await {
-                Ok(Some(report)) => self.uploaded(ino, &report).await,
+                Ok(Some(report)) => self.uploaded(&[(ino, report)]).await,
                 Ok(None) => {}
                 Err(e) => {
                     failed += 1;
@@ -1061,7 +1105,7 @@ impl Shared {
         }
         let location = format!("{}/{name}", cap_text(&parent));
         limited(self.node.set_meta(&location, meta)).await?;
-        self.forget_listing(&parent);
+        self.relist(&parent, &[&name]).await;
         Ok(())
     }
 

@@ -140,6 +140,29 @@ impl LsReport {
             .ok()
             .map(|i| &self.entries[i])
     }
+
+    /// Puts `line` under `name`, or takes `name` out when `line` is `None`, keeping the lines
+    /// sorted and the conflict count right.
+    pub fn set(&mut self, name: &str, line: Option<LsEntry>) {
+        debug_assert!(line.as_ref().is_none_or(|line| line.name == name));
+        let at = self.entries.binary_search_by(|e| e.name.as_str().cmp(name));
+        if let Ok(i) = at
+            && self.entries[i].conflict
+        {
+            self.conflicts -= 1;
+        }
+        if line.as_ref().is_some_and(|line| line.conflict) {
+            self.conflicts += 1;
+        }
+        match (at, line) {
+            (Ok(i), Some(line)) => self.entries[i] = line,
+            (Ok(i), None) => {
+                self.entries.remove(i);
+            }
+            (Err(i), Some(line)) => self.entries.insert(i, line),
+            (Err(_), None) => {}
+        }
+    }
 }
 
 /// What a walk ended on.
@@ -361,6 +384,26 @@ impl Node {
         }
     }
 
+    /// The lines `names` show in the directory `dir` (each `None` when nothing shows under
+    /// it), told without listing the whole directory; `None` when one of them takes part in a
+    /// conflict, which only [`ls`](Self::ls) shows right. A mount keeps its listing of a large
+    /// directory current with it after its own changes.
+    pub async fn plain_lines(
+        &self,
+        dir: &DirCap,
+        names: &[&str],
+    ) -> Result<Option<Vec<Option<LsEntry>>>, NodeError> {
+        let cached = self.load_dir(&dir.read_cap()).await?;
+        let verdicts = self.verdicts_in(&cached.state, Some(names)).await;
+        Ok(names
+            .iter()
+            .map(|name| {
+                Listing::plain_line(&cached.state, name, &|m| verdicts.cancelled(m))
+                    .map(|line| line.map(|line| ls_entry(&line, dir)))
+            })
+            .collect())
+    }
+
     /// Creates the directory at `location` (and missing parents with `parents`), mode 0755.
     pub async fn mkdir(&self, location: &str, parents: bool) -> Result<(), NodeError> {
         self.mkdir_with_mode(location, parents, 0o755).await
@@ -545,9 +588,11 @@ impl Node {
             return Err(NodeError::ReadOnly(location.display()));
         };
         let shown = location.display();
-        let verdicts = self.verdicts(&DirCap::Write(parent.clone()), None).await?;
+        let names: Vec<&str> = items.iter().map(|(name, _)| name.as_str()).collect();
+        let verdicts = self
+            .verdicts(&DirCap::Write(parent.clone()), Some(&names))
+            .await?;
         self.edit_dir(&parent, move |edit| {
-            let listing = Listing::of_with(edit.state(), &|m| verdicts.cancelled(m));
             let count = items.len();
             // Names this batch created, so a name given twice replaces instead of doubling.
             let mut created: std::collections::HashMap<String, EntryId> = Default::default();
@@ -556,7 +601,7 @@ impl Node {
                     edit.set_content(id, content)?;
                     continue;
                 }
-                match listing.get(&name) {
+                match Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m)) {
                     None => {
                         let id = EntryId(rand::random());
                         edit.create(id, &name, content)?;

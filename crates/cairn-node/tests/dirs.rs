@@ -8,7 +8,7 @@ use cairn_core::cap::Cap;
 use cairn_core::wire::{Refusal, Request, Response};
 use cairn_core::{DirReadCap, DirWriteCap};
 use cairn_dir::{Content, FileRef, Meta};
-use cairn_node::{LsReport, Node, NodeError, PutOptions};
+use cairn_node::{DirCap, LsReport, Node, NodeError, PutOptions};
 use cairn_testkit::{TestGrid, random_bytes};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -50,6 +50,14 @@ fn names(report: &LsReport) -> Vec<&str> {
     report.entries.iter().map(|e| e.name.as_str()).collect()
 }
 
+/// The directory a writecap's text names.
+fn dir_cap(text: &str) -> DirCap {
+    match text.parse::<Cap>().expect("cap") {
+        Cap::DirWrite(w) => DirCap::Write(w),
+        other => panic!("not a directory writecap: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_round_trip_through_the_tree() {
     tokio::time::timeout(LIMIT, async {
@@ -75,6 +83,52 @@ async fn paths_round_trip_through_the_tree() {
         assert_eq!(ls.get("latest"), Some(&ls.entries[1]));
         assert_eq!(ls.get("small.txt").map(|e| e.size), Some(4));
         assert!(ls.get("missing").is_none() && ls.get("").is_none());
+
+        // Lines told one by one are the listing's lines; a listing patched with them is the
+        // listing read afresh.
+        let photos = dir_cap(&node.share("/photos", true).await.unwrap());
+        let lines = node
+            .plain_lines(&photos, &["latest", "missing", "small.txt"])
+            .await
+            .unwrap()
+            .expect("no conflicts");
+        assert_eq!(
+            lines,
+            [
+                ls.get("latest").cloned(),
+                None,
+                ls.get("small.txt").cloned()
+            ]
+        );
+        let mut patched = ls.clone();
+        node.link("/photos/b.txt", put_file(node, b"b").await, false)
+            .await
+            .unwrap();
+        node.set_meta(
+            "/photos/small.txt",
+            Meta {
+                mode: 0o600,
+                mtime_ns: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let changed = ["b.txt", "small.txt"];
+        let lines = node
+            .plain_lines(&photos, &changed)
+            .await
+            .unwrap()
+            .expect("no conflicts");
+        for (name, line) in changed.iter().zip(lines) {
+            patched.set(name, line);
+        }
+        assert_eq!(patched, node.ls("/photos").await.unwrap());
+        assert_eq!(names(&patched), ["2026", "b.txt", "latest", "small.txt"]);
+        node.rm("/photos/b.txt", false).await.unwrap();
+        let lines = node.plain_lines(&photos, &["b.txt"]).await.unwrap();
+        patched.set("b.txt", lines.expect("no conflicts").remove(0));
+        assert_eq!(patched, node.ls("/photos").await.unwrap());
         assert_eq!(read(node, "/photos/2026/a.jpg").await.unwrap(), data);
 
         // Another node of the same owner sees it through a shared writecap.
@@ -288,6 +342,13 @@ async fn concurrent_writers_merge_without_loss() {
         }
         assert!(!n.contains(&"rename-me"), "{n:?}");
         assert_eq!(la.conflicts, 4, "{la:?}");
+        // Names in a conflict are only told by the whole listing.
+        let team = dir_cap(&cap);
+        assert_eq!(a.plain_lines(&team, &["same"]).await.unwrap(), None);
+        assert_eq!(
+            a.plain_lines(&team, &["only-a"]).await.unwrap(),
+            Some(vec![la.get("only-a").cloned()])
+        );
         let status = a.status().await.unwrap();
         assert_eq!(status.conflicts.len(), 1, "{:?}", status.conflicts);
         assert_eq!(status.conflicts[0].lines, 4);
