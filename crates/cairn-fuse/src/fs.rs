@@ -28,6 +28,7 @@ use fuser::{
 };
 use tracing::{debug, warn};
 
+use crate::dirmeta::{self, DirMeta};
 use crate::inode::{Inodes, ROOT};
 use crate::staging::{self, Staged};
 
@@ -138,6 +139,10 @@ pub(crate) struct Shared {
     listing_generation: AtomicU64,
     /// Held while a change made here goes into a cached listing (see [`Shared::relist`]).
     relisting: tokio::sync::Mutex<()>,
+    /// Metadata set on directories here and not stored in their entries yet.
+    kept_meta: DirMeta,
+    /// Held while kept directory metadata is stored.
+    storing_meta: tokio::sync::Mutex<()>,
     /// Wakes the background uploader (a file was closed).
     upload_wake: tokio::sync::Notify,
     /// Mode and mtime of the mount's root, as last set on this node (the root has no entry to
@@ -258,7 +263,6 @@ impl Shared {
             uid: owner.as_ref().map_or(0, |m| m.uid()),
             gid: owner.as_ref().map_or(0, |m| m.gid()),
             mounted_at: SystemTime::now(),
-            staging_dir,
             inodes: Mutex::new(Inodes::new(root)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -266,12 +270,15 @@ impl Shared {
             listings: Mutex::new(HashMap::new()),
             listing_generation: AtomicU64::new(0),
             relisting: tokio::sync::Mutex::new(()),
+            kept_meta: DirMeta::new(&staging_dir),
+            storing_meta: tokio::sync::Mutex::new(()),
             upload_wake: tokio::sync::Notify::new(),
             dir_meta: Mutex::new(dir_meta),
             root_meta_path,
             watched: Mutex::new(HashSet::new()),
             notifier: OnceLock::new(),
             stats,
+            staging_dir,
             node,
         }
     }
@@ -505,6 +512,11 @@ impl Shared {
         {
             return (staged.len(), staged.lock().entry.meta);
         }
+        if entry.kind == "dir"
+            && let Some(meta) = self.kept_meta.get(ino)
+        {
+            return (entry.size, meta);
+        }
         let meta = Meta {
             mode: entry.mode,
             mtime_ns: entry.mtime_ns,
@@ -633,6 +645,9 @@ impl Shared {
         limited(self.node.rm(&location, dir)).await?;
         self.relist(&cap, &[name]).await;
         let unlinked = locked(&self.inodes).unlink(parent, name);
+        if let Some(ino) = unlinked {
+            self.kept_meta.forget(ino)?;
+        }
         drop(held);
         if let Some(ino) = unlinked {
             let staged = locked(&self.staged).get(&ino).cloned();
@@ -701,6 +716,11 @@ impl Shared {
                 }
                 (false, false) => {}
             }
+        }
+        // Kept metadata names the directory where it is: stored before it moves.
+        let moving = locked(&self.inodes).child(parent, name);
+        if let Some(ino) = moving.filter(|ino| self.kept_meta.has(*ino)) {
+            self.store_kept_meta(true, Some(ino)).await?;
         }
         let from_location = format!("{}/{name}", cap_text(&from_cap));
         limited(self.node.mv(&from_location, &to_location)).await?;
@@ -940,20 +960,26 @@ impl Shared {
             if !due.is_empty() {
                 self.upload_files(due).await;
             }
+            if let Err(e) = self.store_kept_meta(false, None).await {
+                warn!(error = %e, "storing directory metadata set through the mount failed; it is kept and tried again");
+            }
         }
     }
 
-    /// Uploads every changed file now, trying failed ones again a few times. Returns how many
-    /// are left staged (they are uploaded at the next start if the mount ends first).
+    /// Uploads every changed file and stores all kept directory metadata now, trying failed
+    /// ones again a few times. Returns how many files and directories are left (uploaded and
+    /// stored at the next start if the mount ends first).
     pub(crate) async fn upload_all(&self) -> usize {
         for _ in 0..DRAIN_ROUNDS {
             let due = self.due(true);
-            if due.is_empty() || self.upload_files(due).await == 0 {
+            let files_ok = due.is_empty() || self.upload_files(due).await == 0;
+            let meta_ok = self.store_kept_meta(true, None).await.is_ok();
+            if files_ok && meta_ok {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.due(true).len()
+        self.due(true).len() + self.kept_meta.due(true, None).len()
     }
 
     /// Uploads the changed files of directory `dir` now (`fsyncdir`). Returns how many failed.
@@ -1061,7 +1087,14 @@ impl Shared {
                     self.keep_root_meta(&meta)?;
                     locked(&self.dir_meta).insert(ROOT, meta);
                 } else if meta != current {
-                    self.set_entry_meta(ino, meta).await?;
+                    // Stored in the background, with the other directories of its parent.
+                    let (parent_ino, parent, name) = self.place(ino).await?;
+                    if parent.write_cap().is_none() {
+                        return Err(NodeError::ReadOnly(name));
+                    }
+                    self.kept_meta
+                        .set(ino, parent_ino, cap_text(&parent), name, meta)?;
+                    self.upload_wake.notify_one();
                 }
             }
             FileType::Symlink => {
@@ -1107,6 +1140,35 @@ impl Shared {
         limited(self.node.set_meta(&location, meta)).await?;
         self.relist(&parent, &[&name]).await;
         Ok(())
+    }
+
+    /// Stores the kept directory metadata that is due (all of it with `all`, or only that of
+    /// directory `only`) in the entries, one version per parent directory.
+    async fn store_kept_meta(&self, all: bool, only: Option<u64>) -> Result<(), NodeError> {
+        let _one = self.storing_meta.lock().await;
+        let due = self.kept_meta.due(all, only);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut failed = None;
+        for (parent, items) in dirmeta::by_parent(due.iter().map(|(_, p)| p)) {
+            let stored: Vec<(u64, dirmeta::Pending)> = due
+                .iter()
+                .filter(|(_, p)| p.parent == parent)
+                .cloned()
+                .collect();
+            let names: Vec<String> = items.iter().map(|(name, _)| name.clone()).collect();
+            if let Err(e) = limited(self.node.set_meta_many(&parent, items)).await {
+                failed = Some(e);
+                continue;
+            }
+            if let Ok(cap) = self.dir_cap(stored[0].1.parent_ino).await {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.relist(&cap, &names).await;
+            }
+            self.kept_meta.stored(&stored)?;
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     async fn open(&self, ino: u64, flags: i32) -> Result<u64, NodeError> {
@@ -1783,10 +1845,12 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         // Every other directory change is published to its holders before the call that made
-        // it returns; files written here and not uploaded yet are uploaded now.
+        // it returns; files written here and not uploaded yet are uploaded now, and kept
+        // directory metadata stored.
         self.run(|s| async move {
-            match s.upload_dir(ino.0).await {
-                0 => reply.ok(),
+            let files_failed = s.upload_dir(ino.0).await;
+            match s.store_kept_meta(true, None).await {
+                Ok(()) if files_failed == 0 => reply.ok(),
                 _ => reply.error(Errno::EIO),
             }
         });

@@ -21,6 +21,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod dirmeta;
 mod fs;
 mod inode;
 mod lazy;

@@ -14,6 +14,7 @@ use fuser::{Config, MountOption, SessionACL};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::dirmeta;
 use crate::fs::{CairnFs, OP_TIMEOUT, Shared, UploadStats};
 use crate::staging;
 
@@ -133,14 +134,17 @@ impl Mounts {
         }
         let staging_dir = node.dir().root().join("staging");
         let journals = staging::sweep(&staging_dir);
-        if !journals.is_empty() {
+        {
             let node = node.clone();
             tokio::spawn(async move {
-                let linked = staging::recover(&node, &staging_dir, journals).await;
-                info!(
-                    files = linked,
-                    "uploaded staged writes left by the last run"
-                );
+                if !journals.is_empty() {
+                    let linked = staging::recover(&node, &staging_dir, journals).await;
+                    info!(
+                        files = linked,
+                        "uploaded staged writes left by the last run"
+                    );
+                }
+                dirmeta::recover(&node, &staging_dir).await;
             });
         }
         Arc::new_cyclic(|me| Mounts {

@@ -182,7 +182,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
 
 /// Writes `bytes` to `path` whole or not at all (temporary file, rename). Not fsynced: a
 /// killed daemon leaves it in the page cache, and what fsync acknowledged is on the grid.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)

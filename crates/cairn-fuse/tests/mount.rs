@@ -806,6 +806,77 @@ async fn files_closed_in_a_burst_go_up_in_the_background_in_few_versions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_metadata_set_in_a_burst_is_stored_in_one_version() {
+    require_fuse!();
+    tokio::time::timeout(LIMIT, async {
+        let grid = TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        node.mkdir("/tree", false).await.unwrap();
+        const DIRS: usize = 20;
+        for i in 0..DIRS {
+            node.mkdir(&format!("/tree/d{i}"), false).await.unwrap();
+        }
+        node.mkdir("/tree/d0/inner", false).await.unwrap();
+        let cap: cairn_core::DirWriteCap =
+            node.share("/tree", true).await.unwrap().parse().unwrap();
+        let first = node.slot_holders(&cap.slot())[0];
+        let holder = (0..5)
+            .map(|i| grid.node(i).clone())
+            .find(|n| n.id() == first)
+            .unwrap();
+        let versions_before = holder.held_versions(&cap.slot()).unwrap().len();
+        let base = tempfile::tempdir().unwrap();
+        let (mounts, m) = mount(&node, base.path(), "m", None).await;
+        let m2 = m.clone();
+        blocking(move || {
+            // What `tar x` does once a directory is filled: owner, mode, times.
+            for i in 0..DIRS {
+                let d = m2.join(format!("tree/d{i}"));
+                std::os::unix::fs::chown(&d, Some(1234), Some(5678)).unwrap();
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o750 + (i as u32 % 8)))
+                    .unwrap();
+                let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i as u64);
+                fs::File::open(&d).unwrap().set_modified(t).unwrap();
+                // Shows at once.
+                let st = fs::metadata(&d).unwrap();
+                assert_eq!(st.mode() & 0o7777, 0o750 + (i as u32 % 8));
+                assert_eq!((st.uid(), st.gid()), (1234, 5678));
+                assert_eq!(st.modified().unwrap(), t);
+            }
+            // A directory moved right after a chmod keeps the mode.
+            fs::set_permissions(m2.join("tree/d0/inner"), fs::Permissions::from_mode(0o700))
+                .unwrap();
+            fs::rename(m2.join("tree/d0/inner"), m2.join("tree/inner")).unwrap();
+            // A removed one takes its change with it.
+            fs::set_permissions(m2.join("tree/d19"), fs::Permissions::from_mode(0o700)).unwrap();
+            fs::remove_dir(m2.join("tree/d19")).unwrap();
+        })
+        .await;
+        assert_eq!(mounts.flush(&m).await.unwrap(), 0);
+        let ls = node.ls("/tree").await.unwrap();
+        assert_eq!(ls.entries.len(), DIRS);
+        for i in 0..DIRS - 1 {
+            let e = ls.get(&format!("d{i}")).unwrap();
+            assert_eq!(e.mode, 0o750 + (i as u32 % 8), "d{i}");
+            assert_eq!(e.owner, Some((1234, 5678)));
+            assert_eq!(e.mtime_ns, (1_600_000_000 + i as i64) * 1_000_000_000);
+        }
+        assert_eq!(ls.get("inner").unwrap().mode, 0o700);
+        let added = holder.held_versions(&cap.slot()).unwrap().len() - versions_before;
+        eprintln!("{DIRS} directories given owner, mode and times: {added} versions");
+        // One per rename and removal, and a few for the metadata: not one per call.
+        assert!(
+            added <= 6,
+            "{added} directory versions for {DIRS} directories"
+        );
+        mounts.unmount_at(&m).await.unwrap();
+        grid.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_not_uploaded_yet_moves_and_goes_without_reaching_the_grid() {
     require_fuse!();
     tokio::time::timeout(LIMIT, async {

@@ -218,6 +218,26 @@ fn unlink(edit: &mut cairn_dir::Edit<'_>, line: &Listed) -> Result<(), NodeError
     Ok(())
 }
 
+/// Gives the value `line` shows the metadata `meta`, keeping the rest of it (a directory its
+/// move mark, so moves are judged as before).
+fn set_line_meta(
+    edit: &mut cairn_dir::Edit<'_>,
+    line: Listed,
+    meta: Meta,
+) -> Result<(), NodeError> {
+    // The value as stored (a listing drops move marks).
+    let stored = edit
+        .state()
+        .entries
+        .get(&line.id)
+        .and_then(|e| e.content.0.get(&line.dot))
+        .map_or(line.content, |s| s.value.clone());
+    if stored.meta() != meta {
+        edit.set_content(line.id, stored.with_meta(meta))?;
+    }
+    Ok(())
+}
+
 /// The cap of the subdirectory `content` as reached from `parent`.
 fn child_cap(parent: &DirCap, content: &Content) -> Option<DirCap> {
     let Content::Dir { read, write, .. } = content else {
@@ -555,18 +575,34 @@ impl Node {
     pub async fn set_meta(&self, location: &str, meta: Meta) -> Result<(), NodeError> {
         let location = Location::parse(location)?;
         self.edit_named(&location, move |edit, line, _, shown| {
-            let line = line.ok_or(NodeError::NotFound(shown))?;
-            // The value as stored (a listing drops move marks).
-            let stored = edit
-                .state()
-                .entries
-                .get(&line.id)
-                .and_then(|e| e.content.0.get(&line.dot))
-                .map_or(line.content, |s| s.value.clone());
-            if stored.meta() == meta {
-                return Ok(());
+            set_line_meta(edit, line.ok_or(NodeError::NotFound(shown))?, meta)
+        })
+        .await
+    }
+
+    /// Sets the mode and mtime of many entries of the directory at `location` in one version,
+    /// as [`set_meta`](Self::set_meta) does for one. Names no longer there are passed over.
+    pub async fn set_meta_many(
+        &self,
+        location: &str,
+        items: Vec<(String, Meta)>,
+    ) -> Result<(), NodeError> {
+        let location = Location::parse(location)?;
+        let (dir, _) = self.walk_dir(&location).await?;
+        let DirCap::Write(parent) = dir else {
+            return Err(NodeError::ReadOnly(location.display()));
+        };
+        let names: Vec<&str> = items.iter().map(|(name, _)| name.as_str()).collect();
+        let verdicts = self
+            .verdicts(&DirCap::Write(parent.clone()), Some(&names))
+            .await?;
+        self.edit_dir(&parent, move |edit| {
+            for (name, meta) in items {
+                let line = Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m));
+                if let Some(line) = line {
+                    set_line_meta(edit, line, meta)?;
+                }
             }
-            edit.set_content(line.id, stored.with_meta(meta))?;
             Ok(())
         })
         .await

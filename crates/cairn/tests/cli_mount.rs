@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -139,15 +140,20 @@ fn a_mounted_tree_works_for_shell_tools_and_unmounts_cleanly() {
     assert!(!is_mounted(&point));
 }
 
-fn staging_journals(dir: &Path) -> Vec<PathBuf> {
+/// The files in the node's staging directory named `*.{extension}`.
+fn staging_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     std::fs::read_dir(dir.join("staging"))
         .map(|r| {
             r.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .filter(|p| p.extension().is_some_and(|x| x == extension))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn staging_journals(dir: &Path) -> Vec<PathBuf> {
+    staging_files(dir, "json")
 }
 
 #[test]
@@ -173,6 +179,10 @@ fn kill_9_of_the_daemon_leaves_no_stuck_mount_and_uploads_staged_writes() {
     wait_for(Duration::from_secs(20), "journal entry", || {
         !staging_journals(&a).is_empty()
     });
+    // A directory's new mode is kept by the mount for a moment before it is stored.
+    std::fs::create_dir(point.join("kept")).unwrap();
+    std::fs::set_permissions(point.join("kept"), std::fs::Permissions::from_mode(0o701)).unwrap();
+    assert_eq!(staging_files(&a, "pending").len(), 1);
     g.kill(0);
     let _ = writer.kill();
     let _ = writer.wait();
@@ -202,12 +212,22 @@ fn kill_9_of_the_daemon_leaves_no_stuck_mount_and_uploads_staged_writes() {
             && std::fs::read(&out).unwrap() == b"written before the crash"
     });
     assert!(staging_journals(&a).is_empty());
+    wait_for(
+        Duration::from_secs(60),
+        "kept directory mode stored",
+        || staging_files(&a, "pending").is_empty(),
+    );
     // And it mounts again.
     let mut m = MountProc::start(&a, &point, &[]);
     assert_eq!(
         std::fs::read(point.join("staged.txt")).unwrap(),
         b"written before the crash"
     );
+    let mode = std::fs::metadata(point.join("kept"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o701);
     m.signal("INT");
     assert_eq!(m.wait_exit(Duration::from_secs(20)), Some(0));
 }
