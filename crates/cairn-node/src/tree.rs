@@ -470,7 +470,6 @@ impl Node {
                 return Err(NodeError::ReadOnly(here));
             };
             let child = DirWriteCap::from_seed(rand::random());
-            self.create_dir(&child).await?;
             let content = Content::dir(
                 parent,
                 &child,
@@ -484,14 +483,24 @@ impl Node {
             let name = name.clone();
             let taken = here.clone();
             let verdicts = self.verdicts(&cap, Some(&[name.as_str()])).await?;
-            self.edit_dir(parent, move |edit| {
-                if Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m)).is_some() {
-                    return Err(NodeError::AlreadyExists(taken));
-                }
-                edit.create(EntryId(rand::random()), &name, content)?;
-                Ok(())
-            })
-            .await?;
+            // The new directory's first version and its entry in the parent go out together:
+            // a reader that finds the entry before the version reads an empty directory,
+            // which it is (and so does one if no holder took the version: mkdir then fails,
+            // but the directory there works).
+            let (created, linked) = tokio::join!(
+                self.create_dir(&child),
+                self.edit_dir(parent, move |edit| {
+                    if Listing::lookup_with(edit.state(), &name, &|m| verdicts.cancelled(m))
+                        .is_some()
+                    {
+                        return Err(NodeError::AlreadyExists(taken));
+                    }
+                    edit.create(EntryId(rand::random()), &name, content)?;
+                    Ok(())
+                })
+            );
+            linked?;
+            created?;
             cap = DirCap::Write(child);
         }
         Ok(())
