@@ -735,6 +735,17 @@ async fn a_file_held_open_reaches_the_grid_once_its_writes_pause() {
     .expect("test timed out");
 }
 
+/// How many versions of the directory at `path` (of `node`'s tree) its first holder keeps.
+async fn versions_held(grid: &TestGrid, node: &Node, path: &str) -> usize {
+    let cap: cairn_core::DirWriteCap = node.share(path, true).await.unwrap().parse().unwrap();
+    let first = node.slot_holders(&cap.slot())[0];
+    let holder = (0..5)
+        .map(|i| grid.node(i))
+        .find(|n| n.id() == first)
+        .unwrap();
+    holder.held_versions(&cap.slot()).unwrap().len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_closed_in_a_burst_go_up_in_the_background_in_few_versions() {
     require_fuse!();
@@ -742,14 +753,7 @@ async fn files_closed_in_a_burst_go_up_in_the_background_in_few_versions() {
         let grid = TestGrid::start(5).await;
         let node = grid.node(0).clone();
         node.mkdir("/burst", false).await.unwrap();
-        let cap: cairn_core::DirWriteCap =
-            node.share("/burst", true).await.unwrap().parse().unwrap();
-        let first = node.slot_holders(&cap.slot())[0];
-        let holder = (0..5)
-            .map(|i| grid.node(i).clone())
-            .find(|n| n.id() == first)
-            .unwrap();
-        let versions_before = holder.held_versions(&cap.slot()).unwrap().len();
+        let versions_before = versions_held(&grid, &node, "/burst").await;
         let base = tempfile::tempdir().unwrap();
         let (mounts, m) = mount(&node, base.path(), "m", None).await;
         const FILES: usize = 200;
@@ -778,7 +782,7 @@ async fn files_closed_in_a_burst_go_up_in_the_background_in_few_versions() {
             read_via(&node, "/burst/f150.txt").await,
             format!("file 150 {}", "x".repeat(150)).into_bytes()
         );
-        let added = holder.held_versions(&cap.slot()).unwrap().len() - versions_before;
+        let added = versions_held(&grid, &node, "/burst").await - versions_before;
         eprintln!("{FILES} files closed in a burst: {added} directory versions");
         assert!(
             added < FILES / 4,
@@ -817,14 +821,7 @@ async fn directory_metadata_set_in_a_burst_is_stored_in_one_version() {
             node.mkdir(&format!("/tree/d{i}"), false).await.unwrap();
         }
         node.mkdir("/tree/d0/inner", false).await.unwrap();
-        let cap: cairn_core::DirWriteCap =
-            node.share("/tree", true).await.unwrap().parse().unwrap();
-        let first = node.slot_holders(&cap.slot())[0];
-        let holder = (0..5)
-            .map(|i| grid.node(i).clone())
-            .find(|n| n.id() == first)
-            .unwrap();
-        let versions_before = holder.held_versions(&cap.slot()).unwrap().len();
+        let versions_before = versions_held(&grid, &node, "/tree").await;
         let base = tempfile::tempdir().unwrap();
         let (mounts, m) = mount(&node, base.path(), "m", None).await;
         let m2 = m.clone();
@@ -862,7 +859,7 @@ async fn directory_metadata_set_in_a_burst_is_stored_in_one_version() {
             assert_eq!(e.mtime_ns, (1_600_000_000 + i as i64) * 1_000_000_000);
         }
         assert_eq!(ls.get("inner").unwrap().mode, 0o700);
-        let added = holder.held_versions(&cap.slot()).unwrap().len() - versions_before;
+        let added = versions_held(&grid, &node, "/tree").await - versions_before;
         eprintln!("{DIRS} directories given owner, mode and times: {added} versions");
         // One per rename and removal, and a few for the metadata: not one per call.
         assert!(
