@@ -42,6 +42,9 @@ pub(crate) struct Pending {
     pub(crate) parent_ino: u64,
     #[serde(skip)]
     changed_at: Option<Instant>,
+    /// Failed attempts to store it since it last changed.
+    #[serde(skip)]
+    failures: u32,
 }
 
 /// The changes one mount keeps, by directory inode.
@@ -93,19 +96,26 @@ impl DirMeta {
                 meta,
                 parent_ino,
                 changed_at: Some(Instant::now()),
+                failures: 0,
             },
         );
         self.write(&kept)
     }
 
-    /// The changes to store now: those left alone for [`STORE_AFTER`], every one with `all`,
-    /// or only that of `only`.
+    /// The changes to store now: those left alone for [`STORE_AFTER`] (after a failure, for
+    /// 2, 4 ... 64 s), every one with `all`, or only that of `only`.
     pub(crate) fn due(&self, all: bool, only: Option<u64>) -> Vec<(u64, Pending)> {
         let kept = self.kept();
         kept.iter()
             .filter(|(ino, p)| match only {
                 Some(one) => **ino == one,
-                None => all || p.changed_at.is_none_or(|at| at.elapsed() >= STORE_AFTER),
+                None => {
+                    let wait = match p.failures {
+                        0 => STORE_AFTER,
+                        n => Duration::from_secs(1 << n.min(6)),
+                    };
+                    all || p.changed_at.is_none_or(|at| at.elapsed() >= wait)
+                }
             })
             .map(|(ino, p)| (*ino, p.clone()))
             .collect()
@@ -120,6 +130,17 @@ impl DirMeta {
             }
         }
         self.write(&kept)
+    }
+
+    /// Storing `tried` failed: each waits longer before the next try.
+    pub(crate) fn failed(&self, tried: &[(u64, Pending)]) {
+        let mut kept = self.kept();
+        for (ino, _) in tried {
+            if let Some(p) = kept.get_mut(ino) {
+                p.failures += 1;
+                p.changed_at = Some(Instant::now());
+            }
+        }
     }
 
     /// Forgets what is kept for `ino` (the directory is gone).
@@ -252,7 +273,16 @@ mod tests {
         kept.stored(&all).unwrap();
         assert_eq!(kept.get(5), Some(meta(0o750)));
         assert!(!kept.has(6));
+        // A failed store waits before the next try, unless everything is asked for.
+        kept.set(7, 1, "cap".into(), "c".into(), meta(0o755))
+            .unwrap();
+        let tried = kept.due(true, None);
+        kept.failed(&tried);
+        std::thread::sleep(STORE_AFTER);
+        assert!(kept.due(false, None).is_empty());
+        assert_eq!(kept.due(true, None).len(), 2);
         kept.forget(5).unwrap();
+        kept.forget(7).unwrap();
         assert!(!kept.path.exists(), "nothing kept, no file");
     }
 
@@ -264,6 +294,7 @@ mod tests {
             meta: meta(0o755),
             parent_ino: 1,
             changed_at: None,
+            failures: 0,
         };
         let changes = [p("x", "a"), p("y", "b"), p("x", "c")];
         let groups = by_parent(&changes);

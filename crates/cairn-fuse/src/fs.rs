@@ -645,8 +645,10 @@ impl Shared {
         limited(self.node.rm(&location, dir)).await?;
         self.relist(&cap, &[name]).await;
         let unlinked = locked(&self.inodes).unlink(parent, name);
-        if let Some(ino) = unlinked {
-            self.kept_meta.forget(ino)?;
+        if let Some(ino) = unlinked
+            && let Err(e) = self.kept_meta.forget(ino)
+        {
+            warn!(error = %e, "could not rewrite the kept directory metadata");
         }
         drop(held);
         if let Some(ino) = unlinked {
@@ -1159,6 +1161,7 @@ impl Shared {
                 .collect();
             let names: Vec<String> = items.iter().map(|(name, _)| name.clone()).collect();
             if let Err(e) = limited(self.node.set_meta_many(&parent, items)).await {
+                self.kept_meta.failed(&stored);
                 failed = Some(e);
                 continue;
             }
@@ -1844,9 +1847,9 @@ impl Filesystem for CairnFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every other directory change is published to its holders before the call that made
-        // it returns; files written here and not uploaded yet are uploaded now, and kept
-        // directory metadata stored.
+        // Other directory changes are published to their holders before the call that made
+        // them returns; files written here and not uploaded yet are uploaded now, and the
+        // directory metadata kept here is stored.
         self.run(|s| async move {
             let files_failed = s.upload_dir(ino.0).await;
             match s.store_kept_meta(true, None).await {
