@@ -149,7 +149,7 @@ impl LsReport {
         if let Ok(i) = at
             && self.entries[i].conflict
         {
-            self.conflicts -= 1;
+            self.conflicts = self.conflicts.saturating_sub(1);
         }
         if line.as_ref().is_some_and(|line| line.conflict) {
             self.conflicts += 1;
