@@ -73,11 +73,6 @@ impl DirMeta {
         self.kept().get(&ino).map(|p| p.meta)
     }
 
-    /// Whether anything is kept for `ino`.
-    pub(crate) fn has(&self, ino: u64) -> bool {
-        self.kept().contains_key(&ino)
-    }
-
     /// Keeps `meta` for directory `ino`, named `name` in `parent` (inode `parent_ino`).
     pub(crate) fn set(
         &self,
@@ -170,18 +165,26 @@ impl DirMeta {
     }
 }
 
-/// Groups `changes` by the directory they are in: (parent cap text, [(name, meta)]).
-pub(crate) fn by_parent<'a>(
-    changes: impl IntoIterator<Item = &'a Pending>,
-) -> HashMap<String, Vec<(String, Meta)>> {
-    let mut groups: HashMap<String, Vec<(String, Meta)>> = HashMap::new();
-    for p in changes {
+/// Groups `changes` (by directory inode) by the cap text of the directory they are in.
+pub(crate) fn by_parent(
+    changes: impl IntoIterator<Item = (u64, Pending)>,
+) -> HashMap<String, Vec<(u64, Pending)>> {
+    let mut groups: HashMap<String, Vec<(u64, Pending)>> = HashMap::new();
+    for change in changes {
         groups
-            .entry(p.parent.clone())
+            .entry(change.1.parent.clone())
             .or_default()
-            .push((p.name.clone(), p.meta));
+            .push(change);
     }
     groups
+}
+
+/// What `Node::set_meta_many` takes for `changes`: (name, meta) each.
+pub(crate) fn items(changes: &[(u64, Pending)]) -> Vec<(String, Meta)> {
+    changes
+        .iter()
+        .map(|(_, p)| (p.name.clone(), p.meta))
+        .collect()
 }
 
 /// Stores the changes a previous run kept in `staging_dir` and had not stored, trying again
@@ -206,16 +209,16 @@ pub(crate) async fn recover(node: &Node, staging_dir: &Path) -> usize {
                 continue;
             }
         };
-        let mut left = by_parent(&kept);
+        // A previous run's inode numbers mean nothing now.
+        let mut left = by_parent(kept.into_iter().map(|p| (0, p)));
         for attempt in 0..10u32 {
             let mut failed = HashMap::new();
-            for (parent, items) in left {
-                let count = items.len();
-                match node.set_meta_many(&parent, items.clone()).await {
-                    Ok(()) => stored += count,
+            for (parent, changes) in left {
+                match node.set_meta_many(&parent, items(&changes)).await {
+                    Ok(()) => stored += changes.len(),
                     Err(e) => {
                         warn!(error = %e, attempt, "storing kept directory metadata failed");
-                        failed.insert(parent, items);
+                        failed.insert(parent, changes);
                     }
                 }
             }
@@ -272,7 +275,7 @@ mod tests {
             .unwrap();
         kept.stored(&all).unwrap();
         assert_eq!(kept.get(5), Some(meta(0o750)));
-        assert!(!kept.has(6));
+        assert_eq!(kept.get(6), None);
         // A failed store waits before the next try, unless everything is asked for.
         kept.set(7, 1, "cap".into(), "c".into(), meta(0o755))
             .unwrap();
@@ -286,6 +289,31 @@ mod tests {
         assert!(!kept.path.exists(), "nothing kept, no file");
     }
 
+    /// What a killed daemon kept is stored at the next start; an unreadable file is left
+    /// alone (and logged) rather than failing the start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_stores_what_a_killed_daemon_kept() {
+        let grid = cairn_testkit::TestGrid::start(5).await;
+        let node = grid.node(0).clone();
+        node.mkdir("/kept/inner", true).await.unwrap();
+        let parent = node.share("/kept", true).await.unwrap();
+        let staging = tempfile::tempdir().unwrap();
+        DirMeta::new(staging.path())
+            .set(9, 1, parent, "inner".into(), meta(0o701))
+            .unwrap();
+        let garbage = staging.path().join(format!("dir-meta-1.{EXTENSION}"));
+        std::fs::write(&garbage, b"not json").unwrap();
+        assert_eq!(recover(&node, staging.path()).await, 1);
+        let ls = node.ls("/kept").await.unwrap();
+        assert_eq!(ls.get("inner").unwrap().mode, 0o701);
+        let left: Vec<_> = std::fs::read_dir(staging.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, [garbage]);
+        grid.shutdown().await;
+    }
+
     #[test]
     fn changes_group_by_parent() {
         let p = |parent: &str, name: &str| Pending {
@@ -296,9 +324,16 @@ mod tests {
             changed_at: None,
             failures: 0,
         };
-        let changes = [p("x", "a"), p("y", "b"), p("x", "c")];
-        let groups = by_parent(&changes);
+        let changes = [(1, p("x", "a")), (2, p("y", "b")), (3, p("x", "c"))];
+        let groups = by_parent(changes);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups["x"].len(), 2);
+        assert_eq!(
+            items(&groups["x"])
+                .iter()
+                .map(|i| i.0.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
     }
 }

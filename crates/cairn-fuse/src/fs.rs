@@ -314,11 +314,8 @@ impl Shared {
                 .ok_or_else(|| NodeError::NotFound(name.to_owned()))?
                 .writable;
         let text = limited(self.node.share(&location, writable)).await?;
-        match text.parse::<Cap>()? {
-            Cap::DirWrite(w) => Ok(DirCap::Write(w)),
-            Cap::DirRead(r) => Ok(DirCap::Read(r)),
-            _ => Err(NodeError::NotADirectory(name.to_owned())),
-        }
+        DirCap::from_cap(text.parse::<Cap>()?)
+            .ok_or_else(|| NodeError::NotADirectory(name.to_owned()))
     }
 
     /// The cap of the file `name` in `parent`.
@@ -721,7 +718,7 @@ impl Shared {
         }
         // Kept metadata names the directory where it is: stored before it moves.
         let moving = locked(&self.inodes).child(parent, name);
-        if let Some(ino) = moving.filter(|ino| self.kept_meta.has(*ino)) {
+        if let Some(ino) = moving.filter(|ino| self.kept_meta.get(*ino).is_some()) {
             self.store_kept_meta(true, Some(ino)).await?;
         }
         let from_location = format!("{}/{name}", cap_text(&from_cap));
@@ -1153,20 +1150,15 @@ impl Shared {
             return Ok(());
         }
         let mut failed = None;
-        for (parent, items) in dirmeta::by_parent(due.iter().map(|(_, p)| p)) {
-            let stored: Vec<(u64, dirmeta::Pending)> = due
-                .iter()
-                .filter(|(_, p)| p.parent == parent)
-                .cloned()
-                .collect();
-            let names: Vec<String> = items.iter().map(|(name, _)| name.clone()).collect();
-            if let Err(e) = limited(self.node.set_meta_many(&parent, items)).await {
+        for (parent, stored) in dirmeta::by_parent(due) {
+            if let Err(e) = limited(self.node.set_meta_many(&parent, dirmeta::items(&stored))).await
+            {
                 self.kept_meta.failed(&stored);
                 failed = Some(e);
                 continue;
             }
             if let Ok(cap) = self.dir_cap(stored[0].1.parent_ino).await {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let names: Vec<&str> = stored.iter().map(|(_, p)| p.name.as_str()).collect();
                 self.relist(&cap, &names).await;
             }
             self.kept_meta.stored(&stored)?;

@@ -173,13 +173,11 @@ impl Mounts {
     fn root_cap(&self, cap: Option<&str>) -> Result<DirCap, NodeError> {
         match cap {
             None => Ok(DirCap::Write(self.node.root_dir()?)),
-            Some(text) => match text.trim().parse::<Cap>()? {
-                Cap::DirWrite(w) => Ok(DirCap::Write(w)),
-                Cap::DirRead(r) => Ok(DirCap::Read(r)),
-                _ => Err(NodeError::Invalid(
+            Some(text) => DirCap::from_cap(text.trim().parse::<Cap>()?).ok_or_else(|| {
+                NodeError::Invalid(
                     "--cap must be a directory cap (cairn:dir:... or cairn:dir-ro:...)".into(),
-                )),
-            },
+                )
+            }),
         }
     }
 

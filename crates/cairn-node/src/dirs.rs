@@ -79,6 +79,15 @@ impl DirCap {
         }
     }
 
+    /// The directory `cap` names, or `None` for a file or verify cap.
+    pub fn from_cap(cap: Cap) -> Option<DirCap> {
+        match cap {
+            Cap::DirWrite(w) => Some(DirCap::Write(w)),
+            Cap::DirRead(r) => Some(DirCap::Read(r)),
+            _ => None,
+        }
+    }
+
     /// The same cap as a [`Cap`] (whose `Display` is the cap's text).
     pub fn to_cap(&self) -> Cap {
         match self {

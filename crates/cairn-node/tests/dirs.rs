@@ -52,10 +52,7 @@ fn names(report: &LsReport) -> Vec<&str> {
 
 /// The directory a writecap's text names.
 fn dir_cap(text: &str) -> DirCap {
-    match text.parse::<Cap>().expect("cap") {
-        Cap::DirWrite(w) => DirCap::Write(w),
-        other => panic!("not a directory writecap: {other:?}"),
-    }
+    DirCap::from_cap(text.parse::<Cap>().expect("cap")).expect("a directory cap")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
